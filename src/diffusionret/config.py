@@ -1,0 +1,391 @@
+"""Typed, validated parameters: `params.yaml` -> `Params`, once, at a stage's entry point.
+
+Every section of params.yaml is mirrored by a dataclass below. Loading checks every key: an unknown key,
+a wrong type or an out-of-range value raises `ConfigError` naming the key path, the value and what is
+allowed. Library code never reads params.yaml; stages pass plain values from these objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SYNTHETIC_SHIFTS = ("none", "visual_text", "text")
+REAL_BENCHMARKS = ("msrvtt", "lsmdc", "msvd", "activitynet", "didemo")
+SOURCES = ("synthetic",) + REAL_BENCHMARKS
+READERS = ("msrvtt",)
+TEMPORAL_MODULES = ("seqTransf", "none")
+SIMILARITY_HEADS = ("wti", "meanP")
+OPTIMIZERS = ("adamw", "bertadam")
+SCHEDULES = ("cosine", "linear")
+PRECISIONS = ("fp32", "bf16")
+
+
+class ConfigError(ValueError):
+    """A parameter is unknown, of the wrong type, or out of range."""
+
+
+def _fail(path: str, value: Any, allowed: str) -> typing.NoReturn:
+    raise ConfigError(f"params: `{path}` = {value!r} is not allowed; expected {allowed}")
+
+
+def _check(condition: bool, path: str, value: Any, allowed: str) -> None:
+    if not condition:
+        _fail(path, value, allowed)
+
+
+def _in(path: str, value: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, path, value, f"one of {', '.join(choices)}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    """How the embedded benchmark is generated (only for `source: synthetic`)."""
+
+    seed: int = 0
+    shift: str = "none"  # none | visual_text (the OOD sibling) | text (unseen caption templates only)
+    num_train: int = 2000
+    num_val: int = 200
+    num_test: int = 200
+    captions_per_train_video: int = 2
+    image_size: int = 64  # pixels of the generated videos
+    fps: int = 8  # frame rate of the generated videos
+
+    def validate(self, path: str) -> None:
+        _in(f"{path}.shift", self.shift, SYNTHETIC_SHIFTS)
+        for name in ("num_train", "num_val", "captions_per_train_video"):
+            _check(getattr(self, name) >= 0, f"{path}.{name}", getattr(self, name), "an integer >= 0")
+        _check(self.num_test >= 2, f"{path}.num_test", self.num_test, "an integer >= 2")
+        _check(self.image_size >= 16, f"{path}.image_size", self.image_size, "an integer >= 16")
+        _check(self.fps >= 1, f"{path}.fps", self.fps, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class BenchmarkParams:
+    """Per-benchmark settings (DVC `foreach` iterates over them)."""
+
+    source: str  # what `download` does: generate (synthetic) or fetch/check a real benchmark
+    reader: str = "msrvtt"  # annotation format
+    max_words: int = 32  # tokens per caption incl. start/end tokens
+    max_frames: int = 12  # frames per video after uniform subsampling
+    fps: float = 1.0  # frames sampled per second of video before subsampling
+    val_videos_from_train: int = 0  # carve a validation split from train when the benchmark has none
+    synthetic: SyntheticParams = field(default_factory=SyntheticParams)
+
+    def validate(self, path: str) -> None:
+        _in(f"{path}.source", self.source, SOURCES)
+        _in(f"{path}.reader", self.reader, READERS)
+        _check(self.max_words >= 3, f"{path}.max_words", self.max_words, "an integer >= 3")
+        _check(self.max_frames >= 1, f"{path}.max_frames", self.max_frames, "an integer >= 1")
+        _check(self.fps > 0, f"{path}.fps", self.fps, "a number > 0")
+        _check(self.val_videos_from_train >= 0, f"{path}.val_videos_from_train", self.val_videos_from_train, ">= 0")
+        self.synthetic.validate(f"{path}.synthetic")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    raw_root: str = "data/raw"  # where benchmark files live (may point at an existing copy anywhere)
+    frames_root: str = "data/frames"
+    features_root: str = "data/features"
+    partial_root: str = "data/partial"  # resumable work in progress, outside DVC outputs
+
+    def validate(self, path: str) -> None:
+        for name in ("raw_root", "frames_root", "features_root", "partial_root"):
+            _check(bool(getattr(self, name)), f"{path}.{name}", getattr(self, name), "a non-empty path")
+
+
+@dataclass(frozen=True)
+class PreprocessParams:
+    image_size: int = 224  # short side resized, then centre-cropped to a square of this size
+    workers: int = 2  # decoding processes
+
+    def validate(self, path: str) -> None:
+        _check(self.image_size >= 8, f"{path}.image_size", self.image_size, "an integer >= 8")
+        _check(self.workers >= 1, f"{path}.workers", self.workers, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    backbone: str = "tiny"  # a named CLIP config (tiny, vit-b-32), a local directory, or a hub id
+    temporal: str = "seqTransf"
+    temporal_layers: int = 4  # copied from the first layers of CLIP's text transformer
+    head: str = "wti"
+    tokenizer_vocab_size: int = 1000  # BPE trained on the training captions (named configs only)
+
+    def validate(self, path: str) -> None:
+        _check(bool(self.backbone), f"{path}.backbone", self.backbone, "a config name, a directory or a hub id")
+        _in(f"{path}.temporal", self.temporal, TEMPORAL_MODULES)
+        _in(f"{path}.head", self.head, SIMILARITY_HEADS)
+        _check(self.temporal_layers >= 1, f"{path}.temporal_layers", self.temporal_layers, "an integer >= 1")
+        _check(self.tokenizer_vocab_size >= 300, f"{path}.tokenizer_vocab_size", self.tokenizer_vocab_size,
+               "an integer >= 300 (256 bytes plus merges)")
+
+
+@dataclass(frozen=True)
+class DiffusionParams:
+    steps: int = 50  # T, in training and in DDIM sampling (the checkpoint records it)
+    schedule: str = "cosine"
+
+    def validate(self, path: str) -> None:
+        _check(self.steps >= 1, f"{path}.steps", self.steps, "an integer >= 1")
+        _in(f"{path}.schedule", self.schedule, SCHEDULES)
+
+
+@dataclass(frozen=True)
+class StageTrainParams:
+    """Optimisation settings of one training stage."""
+
+    steps: int = 1000
+    batch_size: int = 64  # global batch (all processes together)
+    lr: float = 1e-4
+    coef_lr: float = 1e-3  # CLIP parameters train at lr * coef_lr
+    weight_decay: float = 0.2
+    warmup_steps: int = 100
+    optimizer: str = "adamw"
+    grad_clip: float = 1.0
+    ema_decay: float = 0.99
+    val_every: int = 250  # validation of raw and EMA weights; the better one is kept
+    log_every: int = 10
+    num_workers: int = 0  # data-loader workers
+
+    def validate(self, path: str) -> None:
+        _check(self.steps >= 1, f"{path}.steps", self.steps, "an integer >= 1")
+        _check(self.batch_size >= 2, f"{path}.batch_size", self.batch_size, "an integer >= 2")
+        _check(self.lr > 0 and math.isfinite(self.lr), f"{path}.lr", self.lr, "a number > 0")
+        _check(self.coef_lr >= 0, f"{path}.coef_lr", self.coef_lr, "a number >= 0")
+        _check(self.weight_decay >= 0, f"{path}.weight_decay", self.weight_decay, "a number >= 0")
+        _check(0 <= self.warmup_steps <= self.steps, f"{path}.warmup_steps", self.warmup_steps,
+               f"an integer in [0, steps={self.steps}]")
+        _in(f"{path}.optimizer", self.optimizer, OPTIMIZERS)
+        _check(self.grad_clip >= 0, f"{path}.grad_clip", self.grad_clip, "a number >= 0 (0 = off)")
+        _check(0 <= self.ema_decay < 1, f"{path}.ema_decay", self.ema_decay, "a number in [0, 1)")
+        _check(self.val_every >= 1, f"{path}.val_every", self.val_every, "an integer >= 1")
+        _check(self.log_every >= 1, f"{path}.log_every", self.log_every, "an integer >= 1")
+        _check(self.num_workers >= 0, f"{path}.num_workers", self.num_workers, "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class TrainParams(StageTrainParams):
+    """Stage 1 (discrimination): the feature extractor with the contrastive loss."""
+
+    benchmarks: tuple[str, ...] = ("synthetic",)  # benchmarks a model is trained on (DVC foreach)
+    seed: int = 42
+    precision: str = "fp32"
+    accelerate_config: str = "configs/accelerate/cpu.yaml"  # how `accelerate launch` starts the processes
+
+    def validate(self, path: str) -> None:
+        super().validate(path)
+        _check(self.accelerate_config.endswith((".yaml", ".yml")), f"{path}.accelerate_config",
+               self.accelerate_config, "a path to an accelerate config .yaml")
+        _check(len(self.benchmarks) >= 1, f"{path}.benchmarks", self.benchmarks, "a non-empty list")
+        _in(f"{path}.precision", self.precision, PRECISIONS)
+
+
+@dataclass(frozen=True)
+class TrainGenParams(StageTrainParams):
+    """Stage 2 (generation): only the two denoisers train, on cached frozen features."""
+
+    num_negatives: int = 63  # hardest in-batch negatives per query (<= batch_size - 1)
+    loss_temperature_inv: float = 100.0  # 1 / tau_g of the generation loss
+    negative_value: float = 0.0  # x0 entry of the negatives (official --neg: 0 or -1)
+    frame_temperature: float = 1.0  # tau_f of the denoisers' text-frame attention pooling
+
+    def validate(self, path: str) -> None:
+        super().validate(path)
+        _check(1 <= self.num_negatives <= self.batch_size - 1, f"{path}.num_negatives", self.num_negatives,
+               f"an integer in [1, batch_size - 1 = {self.batch_size - 1}]")
+        _check(self.loss_temperature_inv > 0, f"{path}.loss_temperature_inv", self.loss_temperature_inv, "> 0")
+        _check(self.negative_value in (0.0, -1.0), f"{path}.negative_value", self.negative_value, "0 or -1")
+        _check(self.frame_temperature > 0, f"{path}.frame_temperature", self.frame_temperature, "> 0")
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    benchmarks: tuple[str, ...] = ("synthetic",)  # test sets every trained model is evaluated on
+    batch_size: int = 128  # encoding batch
+    rerank_k: int = 32  # candidates re-scored by the generator per query
+    rerank_temperature: float = 1.0  # softmax(x0_hat * temperature)
+    rerank_alpha: float = 1.0  # weight of the generator's probabilities added to the similarity
+    rerank_query_batch: int = 1024  # queries denoised together
+    seed: int = 0  # DDIM start noise
+    chunk_size: int = 256  # rows of the score matrix handled at once
+
+    def validate(self, path: str) -> None:
+        _check(len(self.benchmarks) >= 1, f"{path}.benchmarks", self.benchmarks, "a non-empty list")
+        _check(self.batch_size >= 1, f"{path}.batch_size", self.batch_size, "an integer >= 1")
+        _check(self.rerank_k >= 1, f"{path}.rerank_k", self.rerank_k, "an integer >= 1")
+        _check(self.rerank_temperature > 0, f"{path}.rerank_temperature", self.rerank_temperature, "> 0")
+        _check(self.rerank_alpha >= 0, f"{path}.rerank_alpha", self.rerank_alpha, ">= 0")
+        _check(self.rerank_query_batch >= 1, f"{path}.rerank_query_batch", self.rerank_query_batch, ">= 1")
+        _check(self.chunk_size >= 1, f"{path}.chunk_size", self.chunk_size, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class TrackingParams:
+    # sqlite file resolved against the repository root (never the working directory); the
+    # MLFLOW_TRACKING_URI environment variable, when set, wins.
+    tracking_uri: str = "sqlite:///mlruns.db"
+    artifact_root: str = "mlruns"  # artifact store, resolved against the repository root
+    experiment_prefix: str = "diffusionret"  # one experiment per benchmark: <prefix>/<benchmark>
+
+    def validate(self, path: str) -> None:
+        _check(bool(self.tracking_uri), f"{path}.tracking_uri", self.tracking_uri, "a non-empty URI")
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = 42
+    benchmarks: dict[str, BenchmarkParams] = field(default_factory=dict)
+    data: DataParams = field(default_factory=DataParams)
+    preprocess: PreprocessParams = field(default_factory=PreprocessParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    diffusion: DiffusionParams = field(default_factory=DiffusionParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    train_gen: TrainGenParams = field(default_factory=TrainGenParams)
+    eval: EvalParams = field(default_factory=EvalParams)
+    tracking: TrackingParams = field(default_factory=TrackingParams)
+
+    def validate(self) -> None:
+        _check(len(self.benchmarks) >= 1, "benchmarks", self.benchmarks, "at least one benchmark")
+        for name, bench in self.benchmarks.items():
+            bench.validate(f"benchmarks.{name}")
+        for section in ("data", "preprocess", "model", "diffusion", "train", "train_gen", "eval", "tracking"):
+            getattr(self, section).validate(section)
+        for path, names in (("train.benchmarks", self.train.benchmarks), ("eval.benchmarks", self.eval.benchmarks)):
+            for name in names:
+                _check(name in self.benchmarks, path, name, f"a benchmark defined under `benchmarks` "
+                       f"({', '.join(self.benchmarks)})")
+        for name in self.train.benchmarks:
+            _check(name in self.eval.benchmarks, "eval.benchmarks", list(self.eval.benchmarks),
+                   f"a list that includes every trained benchmark (add `{name}`): its own test set and "
+                   f"cached features come from the evaluation grid")
+
+    def benchmark(self, name: str) -> BenchmarkParams:
+        """Settings of one benchmark, with a clear error for an unknown name."""
+        if name not in self.benchmarks:
+            _fail("benchmarks", name, f"one of {', '.join(self.benchmarks)}")
+        return self.benchmarks[name]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------
+
+
+def _convert(value: Any, annotation: Any, path: str) -> Any:
+    """Check `value` against a type annotation and build nested dataclasses."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            _fail(path, value, f"a mapping of {annotation.__name__} fields")
+        return _build(annotation, value, path)
+    if origin is dict:
+        key_type, value_type = typing.get_args(annotation)
+        if not isinstance(value, dict):
+            _fail(path, value, "a mapping")
+        return {_convert(k, key_type, path): _convert(v, value_type, f"{path}.{k}") for k, v in value.items()}
+    if origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)):
+            _fail(path, value, "a list")
+        return tuple(_convert(v, item_type, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(annotation):
+            try:
+                return _convert(value, option, path)
+            except ConfigError as error:
+                errors.append(str(error))
+        _fail(path, value, " or ".join(str(a) for a in typing.get_args(annotation)))
+    if annotation is type(None):
+        _check(value is None, path, value, "null")
+        return None
+    if annotation is bool:
+        _check(isinstance(value, bool), path, value, "true or false")
+        return value
+    if annotation is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), path, value, "an integer")
+        return value
+    if annotation is float:
+        # YAML reads `1e-4` as a string (no dot before the exponent); accept numeric strings.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                _fail(path, value, "a number")
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), path, value, "a number")
+        return float(value)
+    if annotation is str:
+        _check(isinstance(value, str), path, value, "a string")
+        return value
+    raise TypeError(f"unsupported annotation {annotation!r} at {path}")
+
+
+def _build(cls: type, data: dict, path: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(
+            f"params: unknown key `{where}{unknown[0]}`; allowed keys{' of `' + path + '`' if path else ''}: "
+            f"{', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _convert(data[f.name], hints[f.name], f"{path}.{f.name}" if path else f.name)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"params: missing required key `{path}.{f.name}`")
+    return cls(**kwargs)
+
+
+def params_from_dict(data: dict) -> Params:
+    """Build and validate `Params` from a parsed params.yaml."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"params: the file must hold a mapping of sections, got {type(data).__name__}")
+    params = _build(Params, data, "")
+    params.validate()
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read params.yaml once, validate every key, and return the typed parameters."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file {path} not found; run the stage from the repository root")
+    with path.open() as handle:
+        try:
+            data = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path} is not valid YAML: {error}") from error
+    try:
+        return params_from_dict(data)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted-key view of (nested) params, for MLflow `log_params`."""
+    if dataclasses.is_dataclass(value):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    if isinstance(value, tuple):
+        value = list(value)
+    return {prefix: value}

@@ -1,0 +1,115 @@
+"""MSRVTT annotations (reference §10.2) -> `SplitAnnotations`. The synthetic benchmarks use the same layout.
+
+Files under `root`:
+- `MSRVTT_train.9k.csv` (column `video_id`): the training videos.
+- `MSRVTT_data.json`: {"sentences": [{video_id, caption, ...}, ...]}; every caption of a training video is one
+  training sample.
+- `MSRVTT_JSFUSION_test.csv` (columns key, vid_key, video_id, sentence): one test query per row.
+- `MSRVTT_JSFUSION_val.csv` (same columns), optional. The official code evaluates "val" on the test csv; we
+  never select checkpoints on test: without a val csv, `val_fraction_videos` training videos are carved out
+  (evenly spaced over the train csv, no randomness) and "train" excludes them. A carved val split uses the
+  first caption (in json order) of each carved video, mirroring the one-caption-per-video test csv. When the
+  val csv exists it wins and `val_fraction_videos` is ignored.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from diffusionret.data.records import SplitAnnotations
+
+TEST_CSV = "MSRVTT_JSFUSION_test.csv"
+VAL_CSV = "MSRVTT_JSFUSION_val.csv"
+DATA_JSON = "MSRVTT_data.json"
+
+
+def _read_csv_column(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    """Rows of a csv as dicts, after checking that the needed columns exist."""
+    if not path.is_file():
+        raise FileNotFoundError(f"MSRVTT annotation file {path} is missing; run the download stage")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        absent = [c for c in columns if c not in header]
+        if absent:
+            raise ValueError(f"{path}: missing column(s) {absent}; found header {header}")
+        return [{c: row[c] for c in columns} for row in reader]
+
+
+def _read_sentences(path: Path) -> list[dict]:
+    """The `sentences` list of MSRVTT_data.json (each with `video_id` and `caption`)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"MSRVTT annotation file {path} is missing; run the download stage")
+    with path.open(encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict) or "sentences" not in data:
+        raise ValueError(f"{path}: expected a JSON object with a 'sentences' key")
+    for i, item in enumerate(data["sentences"]):
+        if not isinstance(item, dict) or "video_id" not in item or "caption" not in item:
+            raise ValueError(f"{path}: sentences[{i}] lacks 'video_id' or 'caption': {item!r}")
+    return data["sentences"]
+
+
+def _carve(train_ids: list[str], count: int) -> list[str]:
+    """`count` evenly spaced ids of the train csv (deterministic, order kept)."""
+    if not 0 < count < len(train_ids):
+        raise ValueError(f"val_fraction_videos={count} must be between 1 and {len(train_ids) - 1}")
+    positions = np.unique(np.linspace(0, len(train_ids) - 1, count).round().astype(int))
+    return [train_ids[p] for p in positions]
+
+
+def _from_csv(path: Path, benchmark: str, split: str) -> SplitAnnotations:
+    """One caption per csv row; videos in order of first appearance."""
+    rows = _read_csv_column(path, ("video_id", "sentence"))
+    row_of: dict[str, int] = {}
+    for row in rows:
+        row_of.setdefault(row["video_id"], len(row_of))
+    return SplitAnnotations(benchmark, split, tuple(row_of), tuple(r["sentence"] for r in rows),
+                            tuple(row_of[r["video_id"]] for r in rows))
+
+
+def _from_json(root: Path, video_ids: list[str], benchmark: str, split: str, first_only: bool) -> SplitAnnotations:
+    """Captions of `video_ids` from MSRVTT_data.json (all of them, or the first of each video)."""
+    path = root / DATA_JSON
+    row_of = {v: i for i, v in enumerate(video_ids)}
+    captions, caption_video, captioned = [], [], set()
+    for item in _read_sentences(path):
+        row = row_of.get(item["video_id"])
+        if row is None or (first_only and row in captioned):
+            continue
+        captions.append(item["caption"])
+        caption_video.append(row)
+        captioned.add(row)
+    uncaptioned = [v for v, row in row_of.items() if row not in captioned]
+    if uncaptioned:
+        raise ValueError(f"{path}: {len(uncaptioned)} {split} videos have no caption (e.g. {uncaptioned[:5]}); "
+                         "the json and the train csv do not belong together")
+    return SplitAnnotations(benchmark, split, tuple(video_ids), tuple(captions), tuple(caption_video))
+
+
+def read_msrvtt(root: Path, split: str, *, benchmark: str = "msrvtt", train_csv: str = "MSRVTT_train.9k.csv",
+                val_fraction_videos: int = 0) -> SplitAnnotations:
+    """Read the "train", "val" or "test" split of an MSRVTT-layout annotation folder."""
+    root = Path(root)
+    if split == "test":
+        return _from_csv(root / TEST_CSV, benchmark, split)
+    has_val_csv = (root / VAL_CSV).is_file()
+    if split == "val" and has_val_csv:
+        return _from_csv(root / VAL_CSV, benchmark, split)
+    if split == "val" and val_fraction_videos <= 0:
+        raise FileNotFoundError(f"{root}: no {VAL_CSV} and val_fraction_videos=0; set val_fraction_videos to carve "
+                                f"a validation split out of {train_csv}")
+    if split not in ("train", "val"):
+        raise ValueError(f"unknown split {split!r} for {benchmark}; choose train, val or test")
+    train_ids = [r["video_id"] for r in _read_csv_column(root / train_csv, ("video_id",))]
+    if len(set(train_ids)) != len(train_ids):
+        raise ValueError(f"{root / train_csv}: duplicate video ids")
+    carved = _carve(train_ids, val_fraction_videos) if (val_fraction_videos > 0 and not has_val_csv) else []
+    if split == "val":
+        return _from_json(root, carved, benchmark, split, first_only=True)
+    kept = set(carved)
+    return _from_json(root, [v for v in train_ids if v not in kept], benchmark, split, first_only=False)

@@ -1,0 +1,121 @@
+"""Stage-2 training objective: hard-negative candidate lists and the generation loss (reference §4, §5, §8.2).
+
+For every pair b of a (global) batch, each direction builds an ordered candidate list of 1 + K items:
+index 0 is the pair's own item (the positive), then the K hardest in-batch negatives by descending
+stage-1 similarity. The clean vector x0 = (1, 0, ..., 0) over that list is noised to a random step t and
+each denoiser predicts x0_hat; the loss is CE(softmax(x0_hat / tau_g), class 0) per direction, summed.
+
+Same-video items. A batch can hold two captions of one video; such an item is a positive, not a
+negative. `select_candidates` ranks every valid negative (other video) first and only when fewer than
+K exist fills the remaining slots with the other same-video items (most similar first), never with the
+query's own item. This matches the official code, which pushes same-video items to the end of its
+top-k instead of dropping them (reference §5), and keeps K = B - 1 (the README default, where any
+duplicate in the batch leaves fewer than K valid negatives) usable. `same_video_candidates` marks
+those fillers so a caller can count or log them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from diffusionret.diffusion import GaussianDiffusion
+from diffusionret.model.denoiser import Generator
+
+
+def _rank_negatives(similarity: torch.Tensor, video_keys: torch.Tensor, num_negatives: int) -> torch.Tensor:
+    """similarity (B, B) rows = queries -> (B, K) column indices: other videos by descending score, then same-video."""
+    batch = similarity.shape[0]
+    same_video = video_keys[:, None] == video_keys[None, :]  # (B, B)
+    # bucket 0: other video (true negative), 1: same video but another item, 2: the query's own item
+    bucket = same_video.long() + torch.eye(batch, dtype=torch.long, device=similarity.device)  # (B, B)
+    by_score = similarity.argsort(dim=1, descending=True, stable=True)  # (B, B), ties: lower index first
+    by_bucket = bucket.gather(1, by_score).argsort(dim=1, stable=True)  # stable: keeps score order within buckets
+    return by_score.gather(1, by_bucket)[:, :num_negatives]  # (B, K)
+
+
+def select_candidates(
+    similarity: torch.Tensor, video_keys: torch.Tensor, num_negatives: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidate lists (B, 1+K) for t2v (rows = texts, items = videos) and v2t (rows = videos, items = texts).
+
+    similarity[i, j] = score of text i against video j for a batch of B (text, video) pairs; video_keys
+    (B,) int64 identifies the video of each pair. Column 0 is the pair's own index, then K negatives.
+    """
+    if similarity.dim() != 2 or similarity.shape[0] != similarity.shape[1]:
+        raise ValueError(f"select_candidates: similarity must be square (B, B), got {tuple(similarity.shape)}")
+    batch = similarity.shape[0]
+    if video_keys.shape != (batch,):
+        raise ValueError(f"select_candidates: video_keys must have shape ({batch},), got {tuple(video_keys.shape)}")
+    if not 1 <= num_negatives <= batch - 1:
+        raise ValueError(
+            f"select_candidates: num_negatives={num_negatives} must be in [1, B-1] = [1, {batch - 1}] for a batch "
+            f"of {batch}; lower the number of negatives or raise the global batch size"
+        )
+    with torch.no_grad():
+        own = torch.arange(batch, device=similarity.device)[:, None]  # (B, 1)
+        t2v = torch.cat([own, _rank_negatives(similarity, video_keys, num_negatives)], dim=1)  # (B, 1+K)
+        v2t = torch.cat([own, _rank_negatives(similarity.t(), video_keys, num_negatives)], dim=1)  # (B, 1+K)
+    return t2v, v2t
+
+
+def same_video_candidates(candidates: torch.Tensor, video_keys: torch.Tensor) -> torch.Tensor:
+    """(B, 1+K) bool: negatives (columns >= 1) that share the query's video, i.e. fillers, not true negatives."""
+    same = video_keys[candidates] == video_keys[:, None]  # (B, 1+K)
+    same[:, 0] = False
+    return same
+
+
+def generation_loss(x0_hat: torch.Tensor, temperature_inv: float = 100.0) -> torch.Tensor:
+    """Reference §5: mean over queries of CE(softmax(x0_hat / tau_g), class 0), with 1 / tau_g = `temperature_inv`."""
+    target = torch.zeros(x0_hat.shape[0], dtype=torch.long, device=x0_hat.device)  # positive at index 0
+    return F.cross_entropy(x0_hat * temperature_inv, target)
+
+
+def stage2_loss(
+    generator: Generator,
+    diffusion: GaussianDiffusion,
+    *,
+    sentence: torch.Tensor,
+    frames: torch.Tensor,
+    frame_mask: torch.Tensor,
+    similarity: torch.Tensor,
+    video_keys: torch.Tensor,
+    num_negatives: int,
+    temperature_inv: float = 100.0,
+    generator_rng: torch.Generator,
+    positive_value: float = 1.0,
+    negative_value: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L_gen = CE_t2v + CE_v2t for one batch (reference §8.2); returns (loss, detached per-direction terms).
+
+    sentence (B, D), frames (B, T, D), frame_mask (B, T): frozen stage-1 features of the B pairs (they
+    are detached here); similarity (B, B) their stage-1 scores (rows = texts). Random draws, all from
+    `generator_rng` in this order: t (B,) shared by both directions, then the t2v noise, then the v2t noise.
+    """
+    if diffusion.num_timesteps > generator.max_timesteps:
+        raise ValueError(
+            f"diffusion has {diffusion.num_timesteps} steps but the denoisers' timestep table has only "
+            f"{generator.max_timesteps} rows; build the Generator with max_timesteps >= the diffusion steps"
+        )
+    sentence, frames = sentence.detach(), frames.detach()
+    t2v_idx, v2t_idx = select_candidates(similarity.detach(), video_keys, num_negatives)  # (B, N) each
+    batch, num_candidates = t2v_idx.shape
+    device = sentence.device
+
+    candidate_frames = frames[t2v_idx]  # (B, N, T, D)
+    candidate_mask = frame_mask[t2v_idx]  # (B, N, T)
+    candidate_sentences = sentence[v2t_idx]  # (B, N, D)
+
+    # x0 target: one-hot-like over the 1+K candidates, positive first (`--neg 0` or `--neg -1`)
+    x0 = torch.full((batch, num_candidates), negative_value, dtype=sentence.dtype, device=device)  # (B, N)
+    x0[:, 0] = positive_value
+    t = diffusion.sample_timesteps(batch, generator_rng, device)  # (B,)
+    noise_t2v = torch.randn(x0.shape, generator=generator_rng, device=generator_rng.device).to(device, x0.dtype)
+    noise_v2t = torch.randn(x0.shape, generator=generator_rng, device=generator_rng.device).to(device, x0.dtype)
+
+    x0_hat_t2v = generator.t2v(diffusion.q_sample(x0, t, noise_t2v), t, sentence, candidate_frames, candidate_mask)
+    x0_hat_v2t = generator.v2t(diffusion.q_sample(x0, t, noise_v2t), t, candidate_sentences, frames, frame_mask)
+    loss_t2v = generation_loss(x0_hat_t2v, temperature_inv)
+    loss_v2t = generation_loss(x0_hat_v2t, temperature_inv)
+    return loss_t2v + loss_v2t, {"t2v": loss_t2v.detach(), "v2t": loss_v2t.detach()}

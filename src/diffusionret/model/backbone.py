@@ -1,0 +1,157 @@
+"""CLIP backbone on Hugging Face `transformers`: token, sentence and frame features (reference §2.1, §2.2, §15).
+
+`build_clip` makes a `CLIPModel` from a registered architecture (random weights, no download), a local
+checkpoint directory or a hub id; `ClipBackbone` reads features at the sub-module level because
+`get_*_features` return output objects in transformers 5.x (environment-notes P5).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:  # transformers costs seconds to import (environment-notes P16)
+    from transformers import CLIPModel
+
+LOGIT_SCALE_INIT = math.log(100.0)  # reference §2.5: initial ln 100 = 4.6052
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # reference §10.1
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# Architectures as data: name -> CLIPConfig keyword arguments (random weights, built offline).
+NAMED_CLIP_CONFIGS: dict[str, dict] = {
+    # CPU default: text width = projection width so seqTransf can copy text layers (reference §15).
+    "tiny": dict(
+        text_config=dict(
+            vocab_size=49408, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu",
+            bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+        ),
+        vision_config=dict(
+            hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+            image_size=32, patch_size=8, hidden_act="quick_gelu",
+        ),
+        projection_dim=64,
+        logit_scale_init_value=LOGIT_SCALE_INIT,
+    ),
+    # OpenAI CLIP ViT-B/32 (reference §2.1, §2.2).
+    "vit-b-32": dict(
+        text_config=dict(
+            vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
+            num_attention_heads=8, max_position_embeddings=77, hidden_act="quick_gelu",
+            bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+        ),
+        vision_config=dict(
+            hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+            image_size=224, patch_size=32, hidden_act="quick_gelu",
+        ),
+        projection_dim=512,
+        logit_scale_init_value=LOGIT_SCALE_INIT,
+    ),
+}
+
+
+def build_clip(
+    backbone: str,
+    *,
+    vocab_size: int | None = None,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+) -> "CLIPModel":
+    """A CLIPModel from a registered name (random weights), a local checkpoint dir or a hub id."""
+    from transformers import CLIPConfig, CLIPModel
+
+    if backbone in NAMED_CLIP_CONFIGS:
+        spec = NAMED_CLIP_CONFIGS[backbone]
+        text_config = dict(spec["text_config"])
+        overrides = dict(vocab_size=vocab_size, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+                         pad_token_id=pad_token_id)
+        text_config.update({key: value for key, value in overrides.items() if value is not None})
+        config = CLIPConfig(**{**spec, "text_config": text_config})
+        return CLIPModel(config)
+
+    overrides_given = [name for name, value in dict(vocab_size=vocab_size, bos_token_id=bos_token_id,
+                                                    eos_token_id=eos_token_id, pad_token_id=pad_token_id).items()
+                       if value is not None]
+    if overrides_given:
+        raise ValueError(
+            f"backbone {backbone!r} is a checkpoint: its vocabulary is fixed, so {overrides_given} cannot be "
+            f"overridden; use its own tokenizer, or a registered name ({sorted(NAMED_CLIP_CONFIGS)}) with a "
+            "tokenizer trained here."
+        )
+    if Path(backbone).is_dir():
+        return CLIPModel.from_pretrained(backbone)
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        return CLIPModel.from_pretrained(backbone, local_files_only=offline)
+    except OSError as error:
+        raise OSError(
+            f"could not load the CLIP backbone {backbone!r}: it is not a registered name "
+            f"({sorted(NAMED_CLIP_CONFIGS)}), not a local directory, and the hub "
+            f"{'is switched off (HF_HUB_OFFLINE=1)' if offline else 'did not serve it'}. "
+            "Download the checkpoint elsewhere and pass its local directory instead."
+        ) from error
+
+
+class ClipBackbone(nn.Module):
+    """CLIP text and image towers returning token features, sentence features and per-frame features."""
+
+    def __init__(self, clip: "CLIPModel") -> None:
+        super().__init__()
+        self.clip = clip
+        # reference §2.2: the patch-embedding conv is frozen in all stages
+        clip.vision_model.embeddings.patch_embedding.weight.requires_grad_(False)
+        self.image_size = clip.config.vision_config.image_size
+        self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def width(self) -> int:
+        """D, the joint (projection) width."""
+        return self.clip.config.projection_dim
+
+    @property
+    def text_transformer_layers(self) -> nn.ModuleList:
+        """The CLIP text encoder's blocks (seqTransf copies the first ones, reference §2.3)."""
+        return self.clip.text_model.encoder.layers
+
+    def clip_parameters(self) -> list[nn.Parameter]:
+        """Every CLIP parameter (frozen ones included; logit_scale too): the optimiser's coef_lr group."""
+        return list(self.clip.parameters())
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected features of every token (B, L, D) and the sentence feature at eos (B, D), reference §2.1."""
+        hidden = self.clip.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        tokens = self.clip.text_projection(hidden)  # (B, L, D); last_hidden_state is already final-layer-normed
+        eos_position = attention_mask.long().sum(dim=1) - 1  # (B,) tokenize() puts eos last among valid tokens
+        sentence = tokens[torch.arange(tokens.shape[0], device=tokens.device), eos_position]  # (B, D)
+        return tokens, sentence
+
+    def normalise_frames(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 (B, T, S, S, 3) -> CLIP-normalised float (B*T, 3, S, S); padded frames become 0 (reference §2.2)."""
+        if frames.dim() != 5 or frames.shape[-1] != 3 or frames.shape[2] != frames.shape[3]:
+            raise ValueError(f"frames must be uint8 (B, T, S, S, 3); got shape {tuple(frames.shape)}")
+        if frames.shape[2] != self.image_size:
+            raise ValueError(
+                f"frames are {frames.shape[2]}x{frames.shape[3]} but the CLIP backbone expects "
+                f"{self.image_size}x{self.image_size}; re-run preprocessing with that size."
+            )
+        batch, num_frames, size = frames.shape[0], frames.shape[1], frames.shape[2]
+        pixels = frames.reshape(batch * num_frames, size, size, 3).permute(0, 3, 1, 2).float() / 255.0
+        pixels = (pixels - self.pixel_mean) / self.pixel_std  # (B*T, 3, S, S), float32; CLIP casts to its dtype
+        if mask is not None:
+            # padded frames are all-zero in the normalised space of the original code
+            pixels = pixels * mask.reshape(batch * num_frames, 1, 1, 1).float()
+        return pixels
+
+    def encode_frames(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-frame CLIP image features (B, T, D): post-layernormed CLS times visual_projection (reference §2.2)."""
+        batch, num_frames = frames.shape[0], frames.shape[1]
+        pixels = self.normalise_frames(frames, mask)  # (B*T, 3, S, S)
+        pooled = self.clip.vision_model(pixel_values=pixels).pooler_output  # (B*T, Dv)
+        return self.clip.visual_projection(pooled).reshape(batch, num_frames, -1)  # (B, T, D)

@@ -1,0 +1,118 @@
+"""The stage-1 feature extractor (reference §2): CLIP backbone + temporal module + similarity head + logit scale."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from diffusionret.model.backbone import ClipBackbone, build_clip
+from diffusionret.model.heads import DEFAULT_CHUNK_SIZE, SIMILARITY_HEADS, build_head
+from diffusionret.model.temporal import TEMPORAL_MODULES, build_temporal
+
+if TYPE_CHECKING:
+    from transformers import CLIPModel
+
+MAX_LOGIT_SCALE = math.log(100.0)  # reference §2.5: clamped to at most ln 100 after every step
+
+
+@dataclass
+class TextFeatures:
+    """Text side of the similarity: token features (B, L, D), their 0/1 mask (B, L), sentence feature (B, D)."""
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    sentence: torch.Tensor
+
+
+@dataclass
+class VideoFeatures:
+    """Video side of the similarity: frame features after the temporal module (B, T, D) and 0/1 mask (B, T)."""
+
+    frames: torch.Tensor
+    mask: torch.Tensor
+
+
+class FeatureExtractor(nn.Module):
+    """DiffusionRet's discriminative model: text/video features and their (Bt, Bv) similarity."""
+
+    def __init__(
+        self,
+        clip: "CLIPModel",
+        temporal: str = "seqTransf",
+        temporal_layers: int = 4,
+        head: str = "wti",
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> None:
+        super().__init__()
+        self.backbone = ClipBackbone(clip)
+        self.temporal = build_temporal(temporal, clip, temporal_layers)
+        self.head = build_head(head, self.backbone.width, chunk_size)
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        """CLIP's learned log temperature (a CLIP parameter, so it sits in the coef_lr group as in the original)."""
+        return self.backbone.clip.logit_scale
+
+    @torch.no_grad()
+    def clamp_logit_scale_(self) -> None:
+        """Clamp the log temperature to at most ln 100 (done after every optimiser step)."""
+        self.logit_scale.clamp_(max=MAX_LOGIT_SCALE)
+
+    def clip_parameters(self) -> list[nn.Parameter]:
+        """CLIP's parameters (lr * coef_lr group; frozen ones included, filter on requires_grad)."""
+        return self.backbone.clip_parameters()
+
+    def non_clip_parameters(self) -> list[nn.Parameter]:
+        """Every other parameter: temporal module and similarity head (lr group)."""
+        clip_ids = {id(parameter) for parameter in self.clip_parameters()}
+        return [parameter for parameter in self.parameters() if id(parameter) not in clip_ids]
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
+        """Ids and mask (B, L) -> token features, mask and eos sentence feature."""
+        tokens, sentence = self.backbone.encode_text(input_ids, attention_mask)
+        return TextFeatures(tokens=tokens, mask=attention_mask, sentence=sentence)
+
+    def encode_video(self, frames: torch.Tensor, mask: torch.Tensor) -> VideoFeatures:
+        """uint8 frames (B, T, S, S, 3) and mask (B, T) -> frame features after the temporal module."""
+        per_frame = self.backbone.encode_frames(frames, mask)  # (B, T, D); padded frames enter CLIP as 0 pixels
+        return VideoFeatures(frames=self.temporal(per_frame, mask), mask=mask)
+
+    def similarity(self, text: TextFeatures, video: VideoFeatures) -> torch.Tensor:
+        """Similarity matrix (Bt, Bv) from the head (no temperature)."""
+        return self.head(text.tokens, text.mask, text.sentence, video.frames, video.mask)
+
+    def forward(
+        self, input_ids: torch.Tensor, text_mask: torch.Tensor, frames: torch.Tensor, video_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Similarity (Bt, Bv) straight from ids, text mask, uint8 frames and frame mask."""
+        return self.similarity(self.encode_text(input_ids, text_mask), self.encode_video(frames, video_mask))
+
+
+def build_feature_extractor(
+    backbone: str,
+    *,
+    temporal: str = "seqTransf",
+    temporal_layers: int = 4,
+    head: str = "wti",
+    vocab_size: int | None = None,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> FeatureExtractor:
+    """A FeatureExtractor over build_clip(backbone, ...) (registered name, local dir or hub id)."""
+    # fail on a bad name before the (slow) CLIP build
+    if temporal not in TEMPORAL_MODULES:
+        raise ValueError(f"unknown temporal module {temporal!r}; choose one of {sorted(TEMPORAL_MODULES)}.")
+    if head not in SIMILARITY_HEADS:
+        raise ValueError(f"unknown similarity head {head!r}; choose one of {sorted(SIMILARITY_HEADS)}.")
+    clip = build_clip(
+        backbone, vocab_size=vocab_size, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+    )
+    return FeatureExtractor(clip, temporal=temporal, temporal_layers=temporal_layers, head=head,
+                            chunk_size=chunk_size)

@@ -1,0 +1,44 @@
+"""`extract` stage: cache the frozen stage-1 features of a benchmark's splits for one trained model."""
+
+from __future__ import annotations
+
+from diffusionret.config import Params
+from diffusionret.data.frames import load_frame_cache
+from diffusionret.data.records import load_annotations
+from diffusionret.encode import encode_captions, encode_videos
+from diffusionret.features import save_split_features, write_info
+from diffusionret.model.checkpoint import load_extractor
+from diffusionret.pipeline.paths import Paths
+from diffusionret.pipeline.train_disc import split_rows
+from diffusionret.text import load_tokenizer, tokenize
+
+
+def splits_to_extract(trained: str, evaluated: str) -> tuple[str, ...]:
+    """The trained benchmark needs train (stage 2) and val (selection); any other one only its test set."""
+    return ("train", "val", "test") if trained == evaluated else ("test",)
+
+
+def extract_features(trained: str, evaluated: str, params: Params, paths: Paths) -> dict:
+    """Encode texts and videos of `evaluated` with the stage-1 model trained on `trained`."""
+    model_dir = paths.disc_model(trained)
+    extractor, metadata = load_extractor(model_dir)
+    tokenizer = load_tokenizer(model_dir / "tokenizer")
+    bench = params.benchmark(evaluated)  # the evaluated benchmark's own max_words / max_frames
+    cache = load_frame_cache(paths.frames(evaluated))
+    if cache.frames.shape[2] != metadata["data"]["image_size"]:
+        raise ValueError(f"frames of `{evaluated}` are {cache.frames.shape[2]} px but the model trained on "
+                         f"`{trained}` expects {metadata['data']['image_size']} px; set preprocess.image_size "
+                         f"and re-run `dvc repro`")
+    out_dir = paths.features(trained, evaluated)
+    counts = {}
+    for split in splits_to_extract(trained, evaluated):
+        annotations = load_annotations(paths.annotations(evaluated, split))
+        ids, mask = tokenize(tokenizer, annotations.captions, bench.max_words)  # (C, L)
+        text = encode_captions(extractor, ids, mask, params.eval.batch_size)
+        video = encode_videos(extractor, cache.frames, cache.mask, split_rows(annotations, cache),
+                              params.eval.batch_size)
+        save_split_features(out_dir, split, text, video, annotations)
+        counts[split] = {"captions": annotations.num_captions, "videos": annotations.num_videos}
+    write_info(out_dir, {"trained": trained, "evaluated": evaluated, "splits": counts,
+                         "width": int(text.sentence.shape[-1])})
+    return counts

@@ -1,0 +1,92 @@
+"""Process set-up shared by the training stages: accelerator, seeding, and the MLflow run of a stage."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffusionret import tracking
+from diffusionret.config import Params
+from diffusionret.train import TrainingState
+
+
+def make_accelerator(precision: str):
+    """An Accelerator on the GPU when there is one (bf16 autocast if asked), else fp32 on the CPU."""
+    from accelerate import Accelerator
+
+    use_cpu = not torch.cuda.is_available()
+    mixed = "bf16" if precision == "bf16" and not use_cpu else "no"
+    return Accelerator(cpu=use_cpu, mixed_precision=mixed)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (used only where a library draws from the global RNG: weight init)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class RunLogger:
+    """The MLflow run of one training stage; resumes the same run id after a kill, without duplicate steps."""
+
+    def __init__(self, accelerator, params: Params, repo_root: Path, *, experiment: str, run_name: str,
+                 tags: dict[str, Any], state: TrainingState, curve: str, parent_run_id: str | None = None):
+        self.accelerator, self.state, self.curve = accelerator, state, curve
+        self.main = accelerator.is_main_process
+        self.experiment = f"{params.tracking.experiment_prefix}/{experiment}"
+        self.run_name, self.tags, self.parent_run_id = run_name, tags, parent_run_id
+        self.params, self.repo_root = params, repo_root
+        self.run_id: str | None = None
+        self.resumed = False
+        self.last_logged_step = -1
+        self._context = None
+
+    def _previous_run_id(self) -> str | None:
+        progress = self.state.latest / "progress.json"
+        if progress.is_file():
+            return json.loads(progress.read_text()).get("extra", {}).get("mlflow_run_id")
+        return None
+
+    def __enter__(self) -> "RunLogger":
+        if not self.main:
+            return self
+        self.uri = tracking.configure(self.params.tracking.tracking_uri, self.params.tracking.artifact_root,
+                                      self.repo_root)
+        previous = self._previous_run_id()
+        self._context = tracking.start_run(experiment=self.experiment, run_name=self.run_name, tags=self.tags,
+                                           parent_run_id=self.parent_run_id, resume_run_id=previous)
+        self._context.__enter__()
+        self.run_id = tracking.active_run_id()
+        if previous:
+            self.resumed = True
+            self.last_logged_step = tracking.last_logged_step(self.run_id, self.curve)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._context is not None:
+            self._context.__exit__(*exc)
+
+    def log_params(self, flat: dict[str, Any]) -> None:
+        if self.main and not self.resumed:
+            tracking.log_params(flat)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Log a row unless a run that was killed and resumed already holds this step."""
+        if self.main and step > self.last_logged_step:
+            tracking.log_metrics(metrics, step)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"mlflow_run_id": self.run_id} if self.run_id else {}
+
+    def finish(self, run_reference: Path, summary: dict[str, float], tags: dict[str, Any]) -> None:
+        """Final metrics and tags, and the run-reference file later stages nest under."""
+        if not self.main:
+            return
+        tracking.log_metrics(summary)
+        tracking.set_tags(tags)
+        tracking.write_run_reference(run_reference, self.run_id, self.experiment, self.uri)

@@ -1,0 +1,139 @@
+"""`train_disc` stage (stage 1, "discrimination"): train the feature extractor with InfoNCE.
+
+Writes models/<benchmark>/disc/ (weights of the better of raw/EMA on the validation split, metadata,
+CLIP config, tokenizer, mlflow_run.json) and plots/<benchmark>/disc_loss.csv.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from diffusionret import tracking
+from diffusionret.config import Params, flatten
+from diffusionret.data.batches import StepBatchSampler
+from diffusionret.data.datasets import CaptionVideoDataset
+from diffusionret.data.frames import FrameCache, load_frame_cache
+from diffusionret.data.records import SplitAnnotations, load_annotations
+from diffusionret.encode import encode_captions, encode_videos
+from diffusionret.metrics import retrieval_metrics
+from diffusionret.model.checkpoint import save_extractor
+from diffusionret.model.extractor import FeatureExtractor, build_feature_extractor
+from diffusionret.objectives import ContrastiveObjective
+from diffusionret.optim import build_optimizer, build_param_groups, warmup_cosine_lambda
+from diffusionret.pipeline.paths import Paths
+from diffusionret.pipeline.runs import RunLogger, make_accelerator, seed_everything
+from diffusionret.text import load_tokenizer, tokenize, train_bpe_tokenizer
+from diffusionret.train import LoopSettings, TrainingState, run_training
+
+
+def prepare_tokenizer(backbone: str, vocab_size: int, train_captions, out_dir: Path, accelerator):
+    """A from-scratch backbone gets a BPE trained on the training captions; a checkpoint brings its own."""
+    from diffusionret.model.backbone import NAMED_CLIP_CONFIGS
+
+    if accelerator.is_main_process:
+        if backbone in NAMED_CLIP_CONFIGS:
+            train_bpe_tokenizer(train_captions, out_dir, vocab_size)
+        else:
+            load_tokenizer(backbone).save_pretrained(str(out_dir))
+    accelerator.wait_for_everyone()
+    return load_tokenizer(out_dir)
+
+
+def split_rows(annotations: SplitAnnotations, cache: FrameCache) -> np.ndarray:
+    """Frame-cache row of every video of a split."""
+    return np.array([cache.row_of[video] for video in annotations.video_ids], dtype=np.int64)
+
+
+def validation_r1(extractor: FeatureExtractor, annotations: SplitAnnotations, ids, mask, cache: FrameCache,
+                  batch_size: int, chunk_size: int) -> float:
+    """t2v R@1 of `extractor` on a validation split (the checkpoint-selection metric)."""
+    text = encode_captions(extractor, ids, mask, batch_size)
+    video = encode_videos(extractor, cache.frames, cache.mask, split_rows(annotations, cache), batch_size)
+    with torch.no_grad():
+        scores = extractor.similarity(text, video).float().numpy()  # (C, V)
+    metrics = retrieval_metrics(scores, np.asarray(annotations.caption_video), chunk_size=chunk_size)
+    return float(metrics["t2v"]["R1"])
+
+
+def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict:
+    """Run stage 1 on benchmark `name`; resumable (state under data.partial_root)."""
+    bench, settings = params.benchmark(name), params.train
+    accelerator = make_accelerator(settings.precision)
+    out_dir, plots_dir = paths.disc_model(name), paths.plots(name)
+    train_ann = load_annotations(paths.annotations(name, "train"))
+    val_ann = load_annotations(paths.annotations(name, "val"))
+    cache = load_frame_cache(paths.frames(name))
+
+    tokenizer = prepare_tokenizer(params.model.backbone, params.model.tokenizer_vocab_size, train_ann.captions,
+                                  out_dir / "tokenizer", accelerator)
+    train_ids, train_mask = tokenize(tokenizer, train_ann.captions, bench.max_words)  # (C, L) each
+    val_ids, val_mask = tokenize(tokenizer, val_ann.captions, bench.max_words)
+
+    seed_everything(settings.seed)  # identical initial weights on every process
+    extractor = build_feature_extractor(
+        params.model.backbone, temporal=params.model.temporal, temporal_layers=params.model.temporal_layers,
+        head=params.model.head, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    seed_everything(settings.seed * accelerator.num_processes + accelerator.process_index)
+    groups = build_param_groups(extractor, extractor.backbone.clip, lr=settings.lr, coef_lr=settings.coef_lr,
+                                weight_decay=settings.weight_decay)
+    optimizer = build_optimizer(settings.optimizer, groups)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_lambda(settings.steps,
+                                                                                   settings.warmup_steps))
+    dataset = CaptionVideoDataset(train_ids, train_mask, np.asarray(train_ann.caption_video),
+                                  split_rows(train_ann, cache), cache.frames, cache.mask)
+
+    def batches(start_step: int):
+        sampler = StepBatchSampler(len(dataset), settings.batch_size, settings.seed, start_step, settings.steps,
+                                   accelerator.process_index, accelerator.num_processes)
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=settings.num_workers)
+        for batch in loader:
+            yield {key: value.to(accelerator.device) for key, value in batch.items()}
+
+    def validate(module: FeatureExtractor) -> float:
+        return validation_r1(module, val_ann, val_ids, val_mask, cache, params.eval.batch_size,
+                             params.eval.chunk_size)
+
+    state = TrainingState(paths.partial("train_disc", name))
+    logger = RunLogger(accelerator, params, repo_root, experiment=name, run_name=f"{name}/disc",
+                       tags={"stage": "disc", "benchmark": name, "seed": settings.seed,
+                             "world_size": accelerator.num_processes, "global_batch": settings.batch_size,
+                             "per_device_batch": settings.batch_size // accelerator.num_processes,
+                             "git_commit": tracking.git_commit(repo_root)},
+                       state=state, curve="loss/contrastive")
+    with logger:
+        logger.log_params(flatten(params))
+        result = run_training(
+            accelerator=accelerator, objective=ContrastiveObjective(extractor), trainable=extractor,
+            optimizer=optimizer, scheduler=scheduler, batches=batches, validate=validate,
+            settings=LoopSettings(total_steps=settings.steps, log_every=settings.log_every,
+                                  val_every=settings.val_every, grad_clip=settings.grad_clip,
+                                  checkpoint_every=min(settings.val_every, 500), ema_decay=settings.ema_decay),
+            state=state, log_metrics=logger.log_metrics, after_step=extractor.clamp_logit_scale_,
+            extra_state=logger.extra_state,
+        )
+        if accelerator.is_main_process:
+            metadata = {
+                "stage": "disc", "benchmark": name,
+                "model": {"backbone": params.model.backbone, "temporal": params.model.temporal,
+                          "temporal_layers": params.model.temporal_layers, "head": params.model.head},
+                "data": {"max_words": bench.max_words, "max_frames": bench.max_frames, "fps": bench.fps,
+                         "image_size": params.preprocess.image_size},
+                "selected": {"source": result.best_source, "step": result.best_step,
+                             "val_t2v_R1": result.best_value, "split": "val"},
+                "steps": settings.steps,
+            }
+            save_extractor(extractor, out_dir, metadata, state=result.best_state)
+            logger.finish(out_dir / "mlflow_run.json", summary={
+                "selected/val_t2v_R1": result.best_value, "selected/step": result.best_step},
+                tags={"selected_source": result.best_source})
+            plots_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(state.log_csv, plots_dir / "disc_loss.csv")
+    accelerator.wait_for_everyone()
+    return {"best_source": result.best_source, "best_value": result.best_value, "best_step": result.best_step}

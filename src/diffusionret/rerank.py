@@ -1,0 +1,167 @@
+"""Inference-time re-ranking with the generator (reference §7, §8.3).
+
+For every query: take its top-k candidates under the stage-1 scores (sorted descending), run T-step
+DDIM from Gaussian noise over the k-vector, conditioned on the query and those candidates, turn the
+final x0_hat into p = softmax(x0_hat * temperature) and ADD alpha * p to the k stage-1 scores. All
+other entries are unchanged; the input matrix is never modified.
+
+Differences from the official loop (on purpose):
+- queries are processed `query_batch` at a time, not in blocks of 32;
+- the start noise is seeded: the whole (Q, k) x_T is drawn once from `torch.Generator().manual_seed(seed)`
+  on the CPU and sliced per block, so a query's noise (hence its result) does not depend on the
+  batching or on the device. The official code draws from the global RNG (reference §14.11).
+Top-k ties are broken by the lower candidate index (stable sort), identically on every device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from diffusionret.diffusion import GaussianDiffusion
+
+# (x_t (b, k), t (b,), rows (b,) query indices, candidates (b, k) candidate indices) -> x0_hat (b, k)
+BlockDenoiseFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class RerankResult:
+    """Output of a re-ranking run; every tensor is on the device of the input scores."""
+
+    scores: torch.Tensor  # (Q, C) stage-1 scores with alpha * p added at the top-k entries of each row
+    topk_indices: torch.Tensor  # (Q, k) candidate indices, by descending stage-1 score
+    x0_hat: torch.Tensor  # (Q, k) final clamped DDIM sample, aligned with topk_indices
+    probabilities: torch.Tensor  # (Q, k) softmax(x0_hat * temperature), aligned with topk_indices
+
+
+@torch.no_grad()
+def rerank_scores(
+    scores: torch.Tensor,
+    denoise_block: BlockDenoiseFn,
+    diffusion: GaussianDiffusion,
+    *,
+    k: int = 32,
+    temperature: float = 1.0,
+    alpha: float = 1.0,
+    seed: int,
+    query_batch: int = 1024,
+    device: torch.device | str | None = None,
+) -> RerankResult:
+    """Re-rank the top-k of every row of `scores` (Q, C) with DDIM samples from `denoise_block`.
+
+    `denoise_block(x_t, t, rows, candidates)` runs the denoiser for a block of queries; `rows` and
+    `candidates` are on `device` (default: the device of `scores`), where the sampling runs.
+    """
+    if scores.dim() != 2:
+        raise ValueError(f"rerank: scores must be a (queries, candidates) matrix, got shape {tuple(scores.shape)}")
+    num_queries, num_candidates = scores.shape
+    if not 1 <= k <= num_candidates:
+        raise ValueError(f"rerank: k={k} must be in [1, {num_candidates}] (the number of candidates per query)")
+    if query_batch < 1:
+        raise ValueError(f"rerank: query_batch must be >= 1, got {query_batch}")
+    device = scores.device if device is None else torch.device(device)
+
+    topk_indices = scores.argsort(dim=1, descending=True, stable=True)[:, :k]  # (Q, k)
+    rng = torch.Generator().manual_seed(seed)
+    noise = torch.randn(num_queries, k, generator=rng)  # x_T for every query at once, (Q, k), CPU
+
+    x0_hat = torch.empty(num_queries, k, dtype=torch.float32, device=device)  # (Q, k)
+    for start in range(0, num_queries, query_batch):
+        rows = torch.arange(start, min(start + query_batch, num_queries), device=device)  # (b,)
+        candidates = topk_indices[start : start + query_batch].to(device)  # (b, k)
+
+        def denoise_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return denoise_block(x_t, t, rows, candidates)
+
+        x0_hat[start : start + len(rows)] = diffusion.ddim_sample(
+            denoise_fn, (len(rows), k), noise=noise[start : start + query_batch], device=device
+        ).float()
+
+    x0_hat = x0_hat.to(scores.device)
+    probabilities = (x0_hat * temperature).softmax(dim=1)  # p, (Q, k)
+    reranked = scores.clone()
+    reranked.scatter_add_(1, topk_indices, (alpha * probabilities).to(scores.dtype))
+    return RerankResult(reranked, topk_indices, x0_hat, probabilities)
+
+
+def rerank_t2v(
+    scores: torch.Tensor,
+    query_sentence: torch.Tensor,
+    video_frames: torch.Tensor,
+    video_mask: torch.Tensor,
+    denoiser: nn.Module,
+    diffusion: GaussianDiffusion,
+    *,
+    k: int = 32,
+    temperature: float = 1.0,
+    alpha: float = 1.0,
+    seed: int,
+    query_batch: int = 1024,
+) -> RerankResult:
+    """Text-to-video: scores (Q, V), query_sentence (Q, D), video_frames (V, T, D), video_mask (V, T); t2v denoiser."""
+    _check_rows(scores, query_sentence.shape[0], video_frames.shape[0], "texts", "videos")
+    device = next(denoiser.parameters()).device
+    query_sentence, video_frames, video_mask = query_sentence.to(device), video_frames.to(device), video_mask.to(device)
+
+    def denoise_block(x_t: torch.Tensor, t: torch.Tensor, rows: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        # query_sentence[rows] (b, D), video_frames[candidates] (b, k, T, D), video_mask[candidates] (b, k, T)
+        return denoiser(x_t, t, query_sentence[rows], video_frames[candidates], video_mask[candidates])
+
+    return _run(scores, denoise_block, denoiser, diffusion, k, temperature, alpha, seed, query_batch, device)
+
+
+def rerank_v2t(
+    scores: torch.Tensor,
+    video_frames: torch.Tensor,
+    video_mask: torch.Tensor,
+    text_sentence: torch.Tensor,
+    denoiser: nn.Module,
+    diffusion: GaussianDiffusion,
+    *,
+    k: int = 32,
+    temperature: float = 1.0,
+    alpha: float = 1.0,
+    seed: int,
+    query_batch: int = 1024,
+) -> RerankResult:
+    """Video-to-text: scores (V, Q) rows = videos, video_frames (V, T, D), video_mask (V, T), text_sentence (Q, D)."""
+    _check_rows(scores, video_frames.shape[0], text_sentence.shape[0], "videos", "texts")
+    device = next(denoiser.parameters()).device
+    text_sentence, video_frames, video_mask = text_sentence.to(device), video_frames.to(device), video_mask.to(device)
+
+    def denoise_block(x_t: torch.Tensor, t: torch.Tensor, rows: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        # text_sentence[candidates] (b, k, D), video_frames[rows] (b, T, D), video_mask[rows] (b, T)
+        return denoiser(x_t, t, text_sentence[candidates], video_frames[rows], video_mask[rows])
+
+    return _run(scores, denoise_block, denoiser, diffusion, k, temperature, alpha, seed, query_batch, device)
+
+
+def _check_rows(scores: torch.Tensor, num_rows: int, num_columns: int, rows_name: str, columns_name: str) -> None:
+    """Fail loudly when the score matrix does not match the features (e.g. v2t called with S instead of S.T)."""
+    if tuple(scores.shape) != (num_rows, num_columns):
+        raise ValueError(
+            f"rerank: scores have shape {tuple(scores.shape)} but the features give {num_rows} {rows_name} x "
+            f"{num_columns} {columns_name}; for v2t pass the transposed text-video matrix (rows = videos)"
+        )
+
+
+def _run(scores, denoise_block, denoiser, diffusion, k, temperature, alpha, seed, query_batch, device) -> RerankResult:
+    """Shared tail of rerank_t2v / rerank_v2t: eval mode for the sampling, restored afterwards."""
+    max_timesteps = getattr(denoiser, "max_timesteps", None)
+    if max_timesteps is not None and diffusion.num_timesteps > max_timesteps:
+        raise ValueError(
+            f"rerank: diffusion has {diffusion.num_timesteps} steps but the denoiser's timestep table has "
+            f"{max_timesteps} rows; use the number of steps the generator was trained with"
+        )
+    was_training = denoiser.training
+    denoiser.eval()
+    try:
+        return rerank_scores(
+            scores, denoise_block, diffusion, k=k, temperature=temperature, alpha=alpha, seed=seed,
+            query_batch=query_batch, device=device,
+        )
+    finally:
+        denoiser.train(was_training)
