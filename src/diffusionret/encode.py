@@ -27,7 +27,7 @@ def encode_videos(extractor: FeatureExtractor, frames: np.ndarray, frame_mask: n
     parts = []
     for start in range(0, len(rows), batch_size):
         batch_rows = np.asarray(rows[start:start + batch_size])
-        video_frames = torch.from_numpy(np.ascontiguousarray(frames[batch_rows]))  # (b, T, S, S, 3) uint8
+        video_frames = torch.from_numpy(np.array(frames[batch_rows]))  # (b, T, S, S, 3) uint8
         video_mask = torch.from_numpy(np.asarray(frame_mask[batch_rows], dtype=bool))  # (b, T)
         parts.append(extractor.encode_video(video_frames, video_mask))
     return VideoFeatures(frames=torch.cat([p.frames for p in parts]), mask=torch.cat([p.mask for p in parts]))

@@ -28,7 +28,7 @@ class CaptionVideoDataset(Dataset):
         return {
             "input_ids": self.input_ids[index],
             "attention_mask": self.attention_mask[index],
-            "frames": torch.from_numpy(np.ascontiguousarray(self.frames[row])),  # (T, S, S, 3) uint8
+            "frames": torch.from_numpy(np.array(self.frames[row])),  # (T, S, S, 3) uint8
             "frame_mask": torch.from_numpy(np.asarray(self.frame_mask[row], dtype=bool)),  # (T,)
             "video_key": torch.tensor(video, dtype=torch.long),
         }
@@ -46,6 +46,6 @@ class VideoDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         row = int(self.video_rows[index])
         return {
-            "frames": torch.from_numpy(np.ascontiguousarray(self.frames[row])),
+            "frames": torch.from_numpy(np.array(self.frames[row])),
             "frame_mask": torch.from_numpy(np.asarray(self.frame_mask[row], dtype=bool)),
         }

@@ -90,3 +90,26 @@ class RunLogger:
         tracking.log_metrics(summary)
         tracking.set_tags(tags)
         tracking.write_run_reference(run_reference, self.run_id, self.experiment, self.uri)
+
+
+def make_optimizer(settings, model: torch.nn.Module, clip_module: torch.nn.Module | None):
+    """Optimiser + LR scheduler of a training stage.
+
+    `adamw`: groups by module type (norms, embeddings and biases without decay), linear warm-up then cosine.
+    `bertadam`: the official recipe (reference §6.2): name-based groups, BertAdam (no bias correction,
+    per-tensor clipping) and warm-up/cosine on the global progress.
+    """
+    from diffusionret.optim import (build_optimizer, build_param_groups, faithful_bertadam_param_groups,
+                                    faithful_warmup_cosine_lambda, warmup_cosine_lambda)
+
+    if settings.optimizer == "bertadam":
+        groups = faithful_bertadam_param_groups(model, lr=settings.lr, coef_lr=settings.coef_lr,
+                                                weight_decay=settings.weight_decay)
+        proportion = min(max(settings.warmup_steps / settings.steps, 1e-6), 0.999)
+        schedule = faithful_warmup_cosine_lambda(settings.steps, proportion)
+    else:
+        groups = build_param_groups(model, clip_module, lr=settings.lr, coef_lr=settings.coef_lr,
+                                    weight_decay=settings.weight_decay)
+        schedule = warmup_cosine_lambda(settings.steps, settings.warmup_steps)
+    optimizer = build_optimizer(settings.optimizer, groups)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

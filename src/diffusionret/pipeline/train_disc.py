@@ -24,9 +24,8 @@ from diffusionret.metrics import retrieval_metrics
 from diffusionret.model.checkpoint import save_extractor
 from diffusionret.model.extractor import FeatureExtractor, build_feature_extractor
 from diffusionret.objectives import ContrastiveObjective
-from diffusionret.optim import build_optimizer, build_param_groups, warmup_cosine_lambda
 from diffusionret.pipeline.paths import Paths
-from diffusionret.pipeline.runs import RunLogger, make_accelerator, seed_everything
+from diffusionret.pipeline.runs import RunLogger, make_accelerator, make_optimizer, seed_everything
 from diffusionret.text import load_tokenizer, tokenize, train_bpe_tokenizer
 from diffusionret.train import LoopSettings, TrainingState, run_training
 
@@ -81,11 +80,7 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     seed_everything(settings.seed * accelerator.num_processes + accelerator.process_index)
-    groups = build_param_groups(extractor, extractor.backbone.clip, lr=settings.lr, coef_lr=settings.coef_lr,
-                                weight_decay=settings.weight_decay)
-    optimizer = build_optimizer(settings.optimizer, groups)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_lambda(settings.steps,
-                                                                                   settings.warmup_steps))
+    optimizer, scheduler = make_optimizer(settings, extractor, extractor.backbone.clip)
     dataset = CaptionVideoDataset(train_ids, train_mask, np.asarray(train_ann.caption_video),
                                   split_rows(train_ann, cache), cache.frames, cache.mask)
 

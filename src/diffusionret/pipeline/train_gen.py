@@ -25,9 +25,8 @@ from diffusionret.metrics import retrieval_metrics
 from diffusionret.model.checkpoint import load_extractor, save_module
 from diffusionret.model.denoiser import Generator
 from diffusionret.model.extractor import FeatureExtractor, TextFeatures, VideoFeatures
-from diffusionret.optim import build_optimizer, build_param_groups, warmup_cosine_lambda
 from diffusionret.pipeline.paths import Paths
-from diffusionret.pipeline.runs import RunLogger, make_accelerator, seed_everything
+from diffusionret.pipeline.runs import RunLogger, make_accelerator, make_optimizer, seed_everything
 from diffusionret.rerank import rerank_t2v
 from diffusionret.train import LoopSettings, Progress, TrainingState, run_training
 
@@ -101,15 +100,11 @@ def train_gen(name: str, params: Params, paths: Paths, repo_root: Path) -> dict:
     width = int(train_features.text.sentence.shape[-1])
 
     seed_everything(params.train.seed)  # identical initial denoiser weights on every process
-    generator = Generator(width, frame_temperature=settings.frame_temperature)
+    generator = Generator(width, frame_temperature=settings.frame_temperature, seed=params.train.seed)
     diffusion = create_diffusion(params.diffusion.steps, params.diffusion.schedule)
     noise = torch.Generator().manual_seed(params.train.seed)  # same on every process (see GenerationObjective)
     objective = GenerationObjective(generator, diffusion, extractor, settings, noise)
-    groups = build_param_groups(generator, None, lr=settings.lr, coef_lr=settings.coef_lr,
-                                weight_decay=settings.weight_decay)
-    optimizer = build_optimizer(settings.optimizer, groups)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_lambda(settings.steps,
-                                                                                   settings.warmup_steps))
+    optimizer, scheduler = make_optimizer(settings, generator, None)
     num_items = train_features.annotations.num_captions
 
     def batches(start_step: int):
