@@ -21,7 +21,7 @@ from diffusionret.config import TrainGenParams
 from diffusionret.diffusion import create_diffusion
 from diffusionret.model.denoiser import Generator
 from diffusionret.model.extractor import build_feature_extractor
-from diffusionret.pipeline.train_gen import GenerationObjective
+from diffusionret.objectives import GenerationObjective
 
 
 def main() -> None:
@@ -61,7 +61,7 @@ def main() -> None:
         return {"text_tokens": t.tokens, "text_mask": t.mask, "sentence": t.sentence,
                 "video_frames": v.frames, "video_mask": v.mask, "video_key": torch.arange(B)}
 
-    settings = TrainGenParams(batch_size=B, num_negatives=B - 1)
+    settings = TrainGenParams(global_batch=B, num_negatives=B - 1)
     width = extractor.backbone.width
     results = {}
     for name, make_batch in (("cached features", lambda: cached), ("frozen extractor", through_extractor)):
@@ -71,8 +71,7 @@ def main() -> None:
         optimizer = torch.optim.AdamW(generator.parameters(), lr=1e-4)
 
         def step() -> None:
-            loss, _ = objective(make_batch())
-            loss.backward()
+            objective.backward_step(make_batch())
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 

@@ -1,15 +1,11 @@
-"""DVC stage `download@<benchmark>`: generate the synthetic benchmark, or fetch/check a real one."""
+"""DVC stage `download@<benchmark>`: generate the synthetic benchmark, or fetch/check a real one (writes a manifest)."""
 
-import os
-
-from diffusionret.pipeline.download import download_benchmark
+from diffusionret.pipeline.download import run_download
 from diffusionret.pipeline.stage import run_stage
 
 
 def body(args, params, paths, root):
-    counts = download_benchmark(args.benchmark, params.benchmark(args.benchmark), paths.raw(args.benchmark),
-                                workers=min(2, os.cpu_count() or 1))
-    print(f"download@{args.benchmark}: {counts}")
+    print(f"download@{args.benchmark}: {run_download(args.benchmark, params, paths)}")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,11 @@
-"""DVC stage `preprocess@<benchmark>`: annotations in the common form + the uint8 frame cache."""
+"""DVC stage `preprocess@<benchmark>`: validate files, annotations in the common form, the uint8 frame cache."""
 
-from diffusionret.pipeline.preprocess import preprocess_benchmark
+from diffusionret.pipeline.preprocess import run_preprocess
 from diffusionret.pipeline.stage import run_stage
 
 
 def body(args, params, paths, root):
-    summary = preprocess_benchmark(args.benchmark, params.benchmark(args.benchmark), params.preprocess, paths)
-    print(f"preprocess@{args.benchmark}: {summary}")
+    print(f"preprocess@{args.benchmark}: {run_preprocess(args.benchmark, params, paths, root)}")
 
 
 if __name__ == "__main__":

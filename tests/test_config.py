@@ -36,7 +36,7 @@ def test_repository_params_load(raw):
         (lambda p: p["benchmarks"]["synthetic"].__setitem__("source", "youtube"), "benchmarks.synthetic.source",
          "youtube", "synthetic, msrvtt"),
         (lambda p: p["train_gen"].__setitem__("num_negatives", 64), "train_gen.num_negatives", "64",
-         "batch_size - 1"),
+         "global_batch - 1"),
         (lambda p: p["diffusion"].__setitem__("schedule", "sigmoid"), "diffusion.schedule", "sigmoid", "cosine"),
     ],
 )

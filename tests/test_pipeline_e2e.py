@@ -19,11 +19,14 @@ def shrink(params: dict) -> dict:
     """A few dozen short videos and a few hundred steps: the whole DAG in about a minute on 2 cores."""
     for name, bench in params["benchmarks"].items():
         synthetic = bench["synthetic"]
+        if synthetic is None:  # a real benchmark: not in the default grid
+            continue
         synthetic.update(num_train=96 if synthetic["shift"] == "none" else 0, num_val=24, num_test=32)
-    params["train"].update(steps=240, batch_size=32, warmup_steps=20, val_every=120, log_every=20, lr=2e-3)
-    params["train_gen"].update(steps=60, batch_size=32, num_negatives=31, warmup_steps=5, val_every=30,
+    params["train"].update(steps=240, global_batch=32, warmup_steps=20, val_every=120, log_every=20, lr=2e-3)
+    params["train_gen"].update(steps=60, global_batch=32, num_negatives=31, warmup_steps=5, val_every=30,
                                log_every=10)
-    params["eval"].update(rerank_k=8)
+    params["eval"].update(rerank_k=8, num_samples=2)
+    params["postprocess"].update(qbnorm_bank_size=48)
     params["diffusion"].update(steps=10)
     params["preprocess"].update(workers=1)
     return params
@@ -62,17 +65,79 @@ def pipeline(tmp_path_factory):
     return work, env
 
 
-def test_metrics_written_for_every_cell(pipeline):
+ROW_SUFFIXES = ("", "_rerank", "_qbnorm", "_rerank_qbnorm", "_dsl", "_rerank_dsl")
+CELLS = ("synthetic__synthetic", "synthetic__synthetic-shift")
+
+
+def test_metrics_written_for_every_cell_of_the_ood_grid(pipeline):
     work, env = pipeline
-    for cell in ("synthetic__synthetic", "synthetic__synthetic-shift"):
+    for cell in CELLS:
         metrics = json.loads((work / "eval" / cell / "metrics.json").read_text())
-        for direction in ("t2v", "v2t", "t2v_rerank", "v2t_rerank"):
-            for name in ("R1", "R5", "R10", "MdR", "MnR"):
-                assert np.isfinite(metrics[f"{direction}/{name}"])
-        scores = np.load(work / "eval" / cell / "scores.npz")
-        assert scores["stage1"].shape == (32, 32) and scores["v2t_rerank"].shape == (32, 32)
+        for prefix in (direction + suffix for direction in ("t2v", "v2t") for suffix in ROW_SUFFIXES):
+            for name in ("R1", "R5", "R10", "R50", "MdR", "MnR"):
+                assert np.isfinite(metrics[f"{prefix}/{name}"]), (cell, prefix, name)
+                # two DDIM draws: re-ranked rows carry their spread, stage-1 rows are deterministic
+                assert (f"{prefix}/{name}_std" in metrics) == ("rerank" in prefix), (cell, prefix, name)
+        assert metrics["chance/R1"] == pytest.approx(100 / 32)
+        with np.load(work / "eval" / cell / "scores.npz") as scores:
+            assert scores["stage1"].shape == (32, 32)
+            assert scores["t2v_rerank"].shape == (2, 32, 32) and scores["v2t_rerank"].shape == (2, 32, 32)
+            assert scores["bank_t2v"].shape == (48, 32) and scores["bank_v2t_rerank"].shape == (2, 48, 32)
+            assert list(scores["seeds"]) == [0, 1]
+        with np.load(work / "eval" / cell / "curves.npz") as curves:
+            assert curves["t2v_rerank_qbnorm"].shape == (2, 32) and curves["v2t"].shape == (1, 32)
+            assert curves["t2v"][0, -1] == 100.0  # R@V: every caption finds its video among all 32
+        info = json.loads((work / "eval" / cell / "cell.json").read_text())
+        assert info["ood"] == (cell != "synthetic__synthetic") and info["bank"]["source"] == "synthetic/train"
     shown = run(["dvc", "metrics", "show", "--json"], work, env).stdout
-    assert "t2v/R1" in shown and "v2t_rerank/MnR" in shown
+    assert "t2v/R1" in shown and "v2t_rerank/MnR" in shown and "t2v_rerank_qbnorm/R1_std" in shown
+
+
+def test_fixed_seed_repeats_the_whole_evaluation(pipeline):
+    """A fresh process re-scoring a cell (all draws, banks, post-processing) reproduces metrics.json exactly."""
+    work, env = pipeline
+    script = """
+import json
+from pathlib import Path
+from diffusionret.config import load_params
+from diffusionret.pipeline.evaluate import cell_metrics, score_cell
+from diffusionret.pipeline.paths import Paths
+params = load_params('params.yaml')
+cell = score_cell('synthetic', 'synthetic-shift', params, Paths(Path.cwd(), params.data))
+metrics, _ = cell_metrics(cell, params.postprocess, chunk_size=params.eval.chunk_size,
+                          faithful_msvd_grouping=params.eval.faithful_msvd_grouping)
+print(json.dumps(metrics))
+"""
+    again = json.loads(run([sys.executable, "-c", script], work, env).stdout.strip().splitlines()[-1])
+    stored = json.loads((work / "eval" / "synthetic__synthetic-shift" / "metrics.json").read_text())
+    stored.pop("protocol/selected_on_test")
+    assert again == stored
+
+
+def test_report_has_every_table_filled_from_the_runs(pipeline):
+    work, env = pipeline
+    text = (work / "reports" / "results.md").read_text()
+    assert "### synthetic\n" in text and "### synthetic → synthetic-shift" in text
+    metrics = json.loads((work / "eval" / "synthetic__synthetic-shift" / "metrics.json").read_text())
+    tables = [block for block in text.split("\n\n") if block.startswith("| |")]
+    assert len(tables) == 2  # in-distribution synthetic, OOD synthetic -> synthetic-shift
+    for table in tables:
+        rows = table.splitlines()[2:]
+        assert len(rows) == 7 and not any("n/a" in row for row in rows)  # 6 rows + chance, all measured
+    ood_table = tables[1].splitlines()
+    rerank_row = next(line for line in ood_table if line.startswith("| + diffusion re-ranking"))
+    want = f"{metrics['t2v_rerank/R1']:.1f} ± {metrics['t2v_rerank/R1_std']:.1f}"
+    assert rerank_row.split("|")[2].strip() == want
+    grid = text.split("t2v R@1, stage 1:\n\n", 1)[1].split("\n\n")[0]
+    trained_row = next(line for line in grid.splitlines() if line.startswith("| synthetic |"))
+    assert [cell.strip() for cell in trained_row.strip("|").split("|")][2] == f"{metrics['t2v/R1']:.1f}"
+    figures = sorted(path.name for path in (work / "reports" / "figures").glob("*.png"))
+    assert figures == sorted([f"{cell}_{kind}.png" for cell in CELLS for kind in ("recall", "ranks")]
+                             + ["synthetic_losses.png"])
+    plots = json.loads(run(["dvc", "plots", "show", "--json", "-o", str(work / "dvc_plots")], work, env).stdout)
+    images = {name for name, entries in plots["data"].items() if entries[0]["type"] == "image"}
+    assert images == {f"reports/figures/{name}" for name in figures}
+    assert "plots/synthetic/disc_loss.csv" in plots["data"]
 
 
 def test_mlflow_holds_runs_with_loss_curves_and_eval_children(pipeline):
@@ -92,11 +157,26 @@ def test_mlflow_holds_runs_with_loss_curves_and_eval_children(pipeline):
     gen = by_stage["gen"][0]
     assert gen.data.tags["mlflow.parentRunId"] == disc.info.run_id
     assert len(client.get_metric_history(gen.info.run_id, "loss/generative")) == 6
-    cells = {found.data.tags["eval_benchmark"]: found for found in by_stage["evaluate"]}
-    assert set(cells) == {"synthetic", "synthetic-shift"}
-    assert cells["synthetic-shift"].data.tags["ood"] == "true" and cells["synthetic"].data.tags["ood"] == "false"
-    assert all(found.data.tags["mlflow.parentRunId"] == disc.info.run_id for found in cells.values())
-    assert "t2v/R1" in cells["synthetic"].data.metrics
+    cells = {}
+    for found in by_stage["evaluate"]:  # one child run per (cell, postprocess)
+        key = (found.data.tags["eval_benchmark"], found.data.tags["postprocess"])
+        assert key not in cells, f"two evaluation runs for {key}"
+        cells[key] = found
+    assert set(cells) == {(bench, post) for bench in ("synthetic", "synthetic-shift")
+                          for post in ("none", "qbnorm", "dsl")}
+    for (bench, post), found in cells.items():
+        tags = found.data.tags
+        assert tags["ood"] == str(bench == "synthetic-shift").lower() and tags["train_benchmark"] == "synthetic"
+        assert tags["transductive"] == str(post == "dsl").lower() and tags["selection"] == "val"
+        assert tags["mlflow.parentRunId"] == disc.info.run_id
+        metrics = json.loads((work / "eval" / f"synthetic__{bench}" / "metrics.json").read_text())
+        for name, value in found.data.metrics.items():  # the same names and values as metrics.json
+            assert metrics[name] == pytest.approx(value), name
+    assert "t2v/R1" in cells[("synthetic", "none")].data.metrics
+    assert "v2t_rerank_qbnorm/R1_std" in cells[("synthetic-shift", "qbnorm")].data.metrics
+    assert "t2v_dsl/MnR" in cells[("synthetic", "dsl")].data.metrics
+    logged = {item.path for item in client.list_artifacts(disc.info.run_id, "report")}
+    assert "report/results.md" in logged and "report/figures" in logged
 
 
 def test_trained_model_beats_the_untrained_one(pipeline):
@@ -150,3 +230,19 @@ def test_changing_a_training_param_reruns_training_and_evaluation_only(pipeline)
     changed = set(status)
     assert "train_disc@synthetic" in changed
     assert not any(name.startswith(("download", "preprocess")) for name in changed), changed
+
+
+def test_changing_a_postprocess_param_reruns_only_evaluation(pipeline):
+    work, env = pipeline
+    params_path = work / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    params["postprocess"]["qbnorm_beta"] = 10.0
+    params["eval"]["num_samples"] = 3
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        status = json.loads(run(["dvc", "status", "--json"], work, env).stdout)
+    finally:
+        params_path.write_text(original)
+    assert {name for name in status if not name.startswith("download")} == {
+        "evaluate@synthetic-synthetic", "evaluate@synthetic-synthetic-shift"}, status

@@ -1,6 +1,10 @@
 """The `diffusionret` console command. Sub-commands import their heavy dependencies lazily.
 
     diffusionret model-summary [--params params.yaml] [-S key=value ...] [--json]
+    diffusionret data check --benchmark NAME [--root DIR] [--params params.yaml] [-S key=value ...] [--json]
+    diffusionret index --videos DIR --model models/<benchmark> --out INDEX_DIR    (search your own videos)
+    diffusionret search --index INDEX_DIR "query text" [--top 10] [--rerank/--no-rerank] [--json]
+    diffusionret serve --index INDEX_DIR [--port 8765]
 """
 
 from __future__ import annotations
@@ -90,6 +94,33 @@ def _print_summary(summary: dict) -> None:
     print(f"  {'generator (stage 2, trainable)':<32} {summary['generator_total']:>14,}")
 
 
+def data_check(params: Params, benchmark: str, root: Path | None, params_file: Path) -> dict:
+    """Read a benchmark's annotations and match its videos (no decoding); `root` defaults to its raw folder."""
+    from diffusionret.pipeline.preprocess import check_benchmark_files
+
+    settings = params.benchmark(benchmark)
+    if root is None:
+        raw_root = Path(params.data.raw_root)
+        raw_root = raw_root if raw_root.is_absolute() else params_file.resolve().parent / raw_root
+        root = raw_root / (benchmark if settings.source == "synthetic" else settings.source)
+    return check_benchmark_files(benchmark, settings, root)
+
+
+def _print_check(result: dict) -> None:
+    print(f"{result['benchmark']} under {result['root']}: {result['video_files']} video files found")
+    print(f"  {'split':<6} {'videos':>8} {'captions':>9} {'missing videos':>15} {'their captions':>15}")
+    for split, count in result["splits"].items():
+        if "error" in count:
+            print(f"  {split:<6} cannot be read: {count['error']}")
+        else:
+            print(f"  {split:<6} {count['videos']:>8,} {count['captions']:>9,} {count['missing_videos']:>15,} "
+                  f"{count['missing_captions']:>15,}")
+    if result["missing"]:
+        print(f"{result['missing_videos']} annotated videos have no file; first {min(10, len(result['missing']))}: "
+              f"{', '.join(result['missing'][:10])} (--json lists all)")
+    print("complete" if result["complete"] else "INCOMPLETE")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="diffusionret", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -98,11 +129,30 @@ def main(argv: list[str] | None = None) -> int:
     summary.add_argument("--params", type=Path, default=Path("params.yaml"))
     summary.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     summary.add_argument("--json", action="store_true")
+    data = commands.add_parser("data", help="benchmark files")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    check = data_commands.add_parser("check", help="read a benchmark's annotations and match its video files; "
+                                                   "exit 0 when complete, 1 when videos or files are missing")
+    check.add_argument("--benchmark", required=True, help="a benchmark defined in params.yaml")
+    check.add_argument("--root", type=Path, help="the benchmark folder (default: data.raw_root/<source>)")
+    check.add_argument("--params", type=Path, default=Path("params.yaml"))
+    check.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    check.add_argument("--json", action="store_true")
+    from diffusionret.search import commands as search_commands  # parsers only; heavy imports on use
+
+    search_commands.add_commands(commands)
     args = parser.parse_args(argv)
+    if args.command in search_commands.COMMANDS:
+        return search_commands.run(args)
     try:
         if args.command == "model-summary":
             result = model_summary(load_with_overrides(args.params, args.overrides))
             print(json.dumps(result, indent=2)) if args.json else _print_summary(result)
+        elif args.command == "data" and args.data_command == "check":
+            result = data_check(load_with_overrides(args.params, args.overrides), args.benchmark, args.root,
+                                args.params)
+            print(json.dumps(result, indent=2)) if args.json else _print_check(result)
+            return 0 if result["complete"] else 1
     except (ConfigError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -20,7 +20,8 @@ import yaml
 SYNTHETIC_SHIFTS = ("none", "visual_text", "text")
 REAL_BENCHMARKS = ("msrvtt", "lsmdc", "msvd", "activitynet", "didemo")
 SOURCES = ("synthetic",) + REAL_BENCHMARKS
-READERS = ("msrvtt",)
+READERS = ("msrvtt", "msvd", "lsmdc", "activitynet", "didemo")
+CLIP_SPANS = ("video", "annotation", "fixed")
 TEMPORAL_MODULES = ("seqTransf", "none")
 SIMILARITY_HEADS = ("wti", "meanP")
 OPTIMIZERS = ("adamw", "bertadam")
@@ -82,16 +83,50 @@ class BenchmarkParams:
     max_frames: int = 12  # frames per video after uniform subsampling
     fps: float = 1.0  # frames sampled per second of video before subsampling
     val_videos_from_train: int = 0  # carve a validation split from train when the benchmark has none
-    synthetic: SyntheticParams = field(default_factory=SyntheticParams)
+    # role (train / val / test) -> the benchmark's own split name (readers/<reader>.py SPLIT_FILES); val "" = carved
+    splits: dict[str, str] = field(default_factory=lambda: {"train": "9k", "val": "", "test": "1k-A"})
+    clip_span: str = "video"  # video (whole file) | annotation (the reader's span) | fixed (clip_span_s)
+    clip_span_s: tuple[float, ...] = ()  # [start, end] seconds read from every video when clip_span is fixed
+    synthetic: SyntheticParams | None = None  # generator settings (source: synthetic only; null otherwise)
 
     def validate(self, path: str) -> None:
+        from diffusionret.data.readers import SPANNED_READERS, SPLIT_NAMES
+
         _in(f"{path}.source", self.source, SOURCES)
         _in(f"{path}.reader", self.reader, READERS)
+        expected_reader = "msrvtt" if self.source == "synthetic" else self.source
+        _check(self.reader == expected_reader, f"{path}.reader", self.reader,
+               f"`{expected_reader}`, the annotation format of source `{self.source}`")
         _check(self.max_words >= 3, f"{path}.max_words", self.max_words, "an integer >= 3")
         _check(self.max_frames >= 1, f"{path}.max_frames", self.max_frames, "an integer >= 1")
         _check(self.fps > 0, f"{path}.fps", self.fps, "a number > 0")
         _check(self.val_videos_from_train >= 0, f"{path}.val_videos_from_train", self.val_videos_from_train, ">= 0")
-        self.synthetic.validate(f"{path}.synthetic")
+        _check(set(self.splits) == {"train", "val", "test"}, f"{path}.splits", self.splits,
+               "a mapping with exactly the keys train, val, test")
+        names = SPLIT_NAMES[self.reader]
+        for role, name in self.splits.items():
+            allowed = names + ("",) if role == "val" else names
+            _check(name in allowed, f"{path}.splits.{role}", name,
+                   f"one of {', '.join(allowed)}" + (" ('' = carved from train)" if role == "val" else ""))
+        if self.splits["val"] == "":
+            _check(self.val_videos_from_train >= 1, f"{path}.val_videos_from_train", self.val_videos_from_train,
+                   "an integer >= 1: splits.val is '' (the validation split is carved from train)")
+        _in(f"{path}.clip_span", self.clip_span, CLIP_SPANS)
+        if self.clip_span == "annotation":
+            _check(self.reader in SPANNED_READERS, f"{path}.clip_span", self.clip_span,
+                   f"video or fixed: only {', '.join(SPANNED_READERS)} annotations carry spans")
+        if self.clip_span == "fixed":
+            _check(len(self.clip_span_s) == 2 and 0 <= self.clip_span_s[0] < self.clip_span_s[1],
+                   f"{path}.clip_span_s", list(self.clip_span_s), "[start, end] seconds with 0 <= start < end")
+        else:
+            _check(not self.clip_span_s, f"{path}.clip_span_s", list(self.clip_span_s),
+                   "[] unless clip_span is fixed")
+        if self.source == "synthetic":
+            _check(self.synthetic is not None, f"{path}.synthetic", self.synthetic,
+                   "a mapping of generator settings (required for source: synthetic)")
+            self.synthetic.validate(f"{path}.synthetic")
+        else:
+            _check(self.synthetic is None, f"{path}.synthetic", "...", "null for a real benchmark")
 
 
 @dataclass(frozen=True)
@@ -100,9 +135,11 @@ class DataParams:
     frames_root: str = "data/frames"
     features_root: str = "data/features"
     partial_root: str = "data/partial"  # resumable work in progress, outside DVC outputs
+    manifests_root: str = "data/manifests"  # download's small DVC output per benchmark (files found, digests)
+    allow_missing: bool = False  # skip annotated videos without a file (counted, logged to MLflow) instead of failing
 
     def validate(self, path: str) -> None:
-        for name in ("raw_root", "frames_root", "features_root", "partial_root"):
+        for name in ("raw_root", "frames_root", "features_root", "partial_root", "manifests_root"):
             _check(bool(getattr(self, name)), f"{path}.{name}", getattr(self, name), "a non-empty path")
 
 
@@ -148,7 +185,8 @@ class StageTrainParams:
     """Optimisation settings of one training stage."""
 
     steps: int = 1000
-    batch_size: int = 64  # global batch (all processes together)
+    global_batch: int = 64  # all processes together; each process takes global_batch / world_size
+    micro_batch: int = 0  # per-process micro-batch for gradient accumulation (0 = the whole per-process batch)
     lr: float = 1e-4
     coef_lr: float = 1e-3  # CLIP parameters train at lr * coef_lr
     weight_decay: float = 0.2
@@ -158,11 +196,16 @@ class StageTrainParams:
     ema_decay: float = 0.99
     val_every: int = 250  # validation of raw and EMA weights; the better one is kept
     log_every: int = 10
+    checkpoint_every: int = 250  # resumable state saved every N steps (and at the end)
+    keep_checkpoints: int = 1  # saved states kept (older ones are pruned)
     num_workers: int = 0  # data-loader workers
 
     def validate(self, path: str) -> None:
         _check(self.steps >= 1, f"{path}.steps", self.steps, "an integer >= 1")
-        _check(self.batch_size >= 2, f"{path}.batch_size", self.batch_size, "an integer >= 2")
+        _check(self.global_batch >= 2, f"{path}.global_batch", self.global_batch, "an integer >= 2")
+        _check(self.micro_batch >= 0, f"{path}.micro_batch", self.micro_batch, "an integer >= 0 (0 = no accumulation)")
+        _check(self.checkpoint_every >= 1, f"{path}.checkpoint_every", self.checkpoint_every, "an integer >= 1")
+        _check(self.keep_checkpoints >= 1, f"{path}.keep_checkpoints", self.keep_checkpoints, "an integer >= 1")
         _check(self.lr > 0 and math.isfinite(self.lr), f"{path}.lr", self.lr, "a number > 0")
         _check(self.coef_lr >= 0, f"{path}.coef_lr", self.coef_lr, "a number >= 0")
         _check(self.weight_decay >= 0, f"{path}.weight_decay", self.weight_decay, "a number >= 0")
@@ -197,15 +240,15 @@ class TrainParams(StageTrainParams):
 class TrainGenParams(StageTrainParams):
     """Stage 2 (generation): only the two denoisers train, on cached frozen features."""
 
-    num_negatives: int = 63  # hardest in-batch negatives per query (<= batch_size - 1)
+    num_negatives: int = 63  # hardest in-batch negatives per query (<= global_batch - 1)
     loss_temperature_inv: float = 100.0  # 1 / tau_g of the generation loss
     negative_value: float = 0.0  # x0 entry of the negatives (official --neg: 0 or -1)
     frame_temperature: float = 1.0  # tau_f of the denoisers' text-frame attention pooling
 
     def validate(self, path: str) -> None:
         super().validate(path)
-        _check(1 <= self.num_negatives <= self.batch_size - 1, f"{path}.num_negatives", self.num_negatives,
-               f"an integer in [1, batch_size - 1 = {self.batch_size - 1}]")
+        _check(1 <= self.num_negatives <= self.global_batch - 1, f"{path}.num_negatives", self.num_negatives,
+               f"an integer in [1, global_batch - 1 = {self.global_batch - 1}]")
         _check(self.loss_temperature_inv > 0, f"{path}.loss_temperature_inv", self.loss_temperature_inv, "> 0")
         _check(self.negative_value in (0.0, -1.0), f"{path}.negative_value", self.negative_value, "0 or -1")
         _check(self.frame_temperature > 0, f"{path}.frame_temperature", self.frame_temperature, "> 0")
@@ -219,17 +262,43 @@ class EvalParams:
     rerank_temperature: float = 1.0  # softmax(x0_hat * temperature)
     rerank_alpha: float = 1.0  # weight of the generator's probabilities added to the similarity
     rerank_query_batch: int = 1024  # queries denoised together
-    seed: int = 0  # DDIM start noise
+    seed: int = 0  # DDIM start noise of draw 0; draw i uses seed + i
     chunk_size: int = 256  # rows of the score matrix handled at once
+    num_samples: int = 3  # DDIM draws per query; re-ranked metrics are their mean, with `<name>_std`
+    faithful_msvd_grouping: bool = False  # also report the released off-by-one MSVD grouping (`*_faithful/`)
+    selection: str = "val"  # split that chose the checkpoints: val, or test (the official protocol, tagged)
 
     def validate(self, path: str) -> None:
         _check(len(self.benchmarks) >= 1, f"{path}.benchmarks", self.benchmarks, "a non-empty list")
+        _check(self.num_samples >= 1, f"{path}.num_samples", self.num_samples, "an integer >= 1")
+        _in(f"{path}.selection", self.selection, ("val", "test"))
         _check(self.batch_size >= 1, f"{path}.batch_size", self.batch_size, "an integer >= 1")
         _check(self.rerank_k >= 1, f"{path}.rerank_k", self.rerank_k, "an integer >= 1")
         _check(self.rerank_temperature > 0, f"{path}.rerank_temperature", self.rerank_temperature, "> 0")
         _check(self.rerank_alpha >= 0, f"{path}.rerank_alpha", self.rerank_alpha, ">= 0")
         _check(self.rerank_query_batch >= 1, f"{path}.rerank_query_batch", self.rerank_query_batch, ">= 1")
         _check(self.chunk_size >= 1, f"{path}.chunk_size", self.chunk_size, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class PostprocessParams:
+    """Score post-processing reported beside the raw rows (reference §11; peers §4)."""
+
+    qbnorm_bank_size: int = 200  # training queries in each querybank (t2v: captions, v2t: videos), subsampled
+    qbnorm_bank_seed: int = 0  # the deterministic subsample of the training split
+    qbnorm_beta: float = 20.0  # inverse temperature of the dynamic inverted softmax (official 20)
+    qbnorm_k: int = 1  # activation set: gallery items in the top-k of a bank query (official 1)
+    qbnorm_min_count: int = 1  # ... at least this many times (DiCoSA's theta; official 1)
+    dsl_temperature: float = 100.0  # dual softmax: softmax(temperature * scores) over the query axis
+
+    def validate(self, path: str) -> None:
+        _check(self.qbnorm_bank_size >= 1, f"{path}.qbnorm_bank_size", self.qbnorm_bank_size, "an integer >= 1")
+        _check(self.qbnorm_beta > 0 and math.isfinite(self.qbnorm_beta), f"{path}.qbnorm_beta", self.qbnorm_beta,
+               "a finite number > 0")
+        _check(self.qbnorm_k >= 1, f"{path}.qbnorm_k", self.qbnorm_k, "an integer >= 1")
+        _check(self.qbnorm_min_count >= 1, f"{path}.qbnorm_min_count", self.qbnorm_min_count, "an integer >= 1")
+        _check(self.dsl_temperature > 0 and math.isfinite(self.dsl_temperature), f"{path}.dsl_temperature",
+               self.dsl_temperature, "a finite number > 0")
 
 
 @dataclass(frozen=True)
@@ -255,13 +324,15 @@ class Params:
     train: TrainParams = field(default_factory=TrainParams)
     train_gen: TrainGenParams = field(default_factory=TrainGenParams)
     eval: EvalParams = field(default_factory=EvalParams)
+    postprocess: PostprocessParams = field(default_factory=PostprocessParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
 
     def validate(self) -> None:
         _check(len(self.benchmarks) >= 1, "benchmarks", self.benchmarks, "at least one benchmark")
         for name, bench in self.benchmarks.items():
             bench.validate(f"benchmarks.{name}")
-        for section in ("data", "preprocess", "model", "diffusion", "train", "train_gen", "eval", "tracking"):
+        for section in ("data", "preprocess", "model", "diffusion", "train", "train_gen", "eval", "postprocess",
+                        "tracking"):
             getattr(self, section).validate(section)
         for path, names in (("train.benchmarks", self.train.benchmarks), ("eval.benchmarks", self.eval.benchmarks)):
             for name in names:
@@ -389,3 +460,16 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(value, tuple):
         value = list(value)
     return {prefix: value}
+
+
+def batch_partition(settings: StageTrainParams, world_size: int, section: str) -> tuple[int, int]:
+    """(per-process batch, micro-batches per process) from the global batch and the world size."""
+    if settings.global_batch % world_size:
+        raise ConfigError(f"params: `{section}.global_batch` = {settings.global_batch} does not divide by the "
+                          f"{world_size} processes; choose a multiple of {world_size}")
+    per_process = settings.global_batch // world_size
+    micro = settings.micro_batch or per_process
+    if per_process % micro:
+        raise ConfigError(f"params: `{section}.micro_batch` = {settings.micro_batch} does not divide the "
+                          f"per-process batch {per_process} (= global_batch / {world_size} processes)")
+    return per_process, per_process // micro

@@ -86,12 +86,16 @@ def stage2_loss(
     generator_rng: torch.Generator,
     positive_value: float = 1.0,
     negative_value: float = 0.0,
+    rows: slice | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L_gen = CE_t2v + CE_v2t for one batch (reference §8.2); returns (loss, detached per-direction terms).
 
     sentence (B, D), frames (B, T, D), frame_mask (B, T): frozen stage-1 features of the B pairs (they
     are detached here); similarity (B, B) their stage-1 scores (rows = texts). Random draws, all from
     `generator_rng` in this order: t (B,) shared by both directions, then the t2v noise, then the v2t noise.
+    `rows` restricts the denoisers (and the loss) to those query rows, with every draw still made for the
+    whole batch: the returned loss is then (sum of the rows' CE terms) / B, so summing it over a partition of
+    the rows gives exactly the full-batch loss (how processes and micro-batches split the work).
     """
     if diffusion.num_timesteps > generator.max_timesteps:
         raise ValueError(
@@ -103,10 +107,6 @@ def stage2_loss(
     batch, num_candidates = t2v_idx.shape
     device = sentence.device
 
-    candidate_frames = frames[t2v_idx]  # (B, N, T, D)
-    candidate_mask = frame_mask[t2v_idx]  # (B, N, T)
-    candidate_sentences = sentence[v2t_idx]  # (B, N, D)
-
     # x0 target: one-hot-like over the 1+K candidates, positive first (`--neg 0` or `--neg -1`)
     x0 = torch.full((batch, num_candidates), negative_value, dtype=sentence.dtype, device=device)  # (B, N)
     x0[:, 0] = positive_value
@@ -114,8 +114,16 @@ def stage2_loss(
     noise_t2v = torch.randn(x0.shape, generator=generator_rng, device=generator_rng.device).to(device, x0.dtype)
     noise_v2t = torch.randn(x0.shape, generator=generator_rng, device=generator_rng.device).to(device, x0.dtype)
 
-    x0_hat_t2v = generator.t2v(diffusion.q_sample(x0, t, noise_t2v), t, sentence, candidate_frames, candidate_mask)
-    x0_hat_v2t = generator.v2t(diffusion.q_sample(x0, t, noise_v2t), t, candidate_sentences, frames, frame_mask)
-    loss_t2v = generation_loss(x0_hat_t2v, temperature_inv)
-    loss_v2t = generation_loss(x0_hat_v2t, temperature_inv)
+    rows = rows if rows is not None else slice(0, batch)
+    t2v_rows, v2t_rows = t2v_idx[rows], v2t_idx[rows]  # (R, N)
+    share = t2v_rows.shape[0] / batch
+    candidate_frames = frames[t2v_rows]  # (R, N, T, D)
+    candidate_mask = frame_mask[t2v_rows]  # (R, N, T)
+    candidate_sentences = sentence[v2t_rows]  # (R, N, D)
+    x_t_t2v = diffusion.q_sample(x0, t, noise_t2v)[rows]  # (R, N)
+    x_t_v2t = diffusion.q_sample(x0, t, noise_v2t)[rows]
+    x0_hat_t2v = generator.t2v(x_t_t2v, t[rows], sentence[rows], candidate_frames, candidate_mask)
+    x0_hat_v2t = generator.v2t(x_t_v2t, t[rows], candidate_sentences, frames[rows], frame_mask[rows])
+    loss_t2v = generation_loss(x0_hat_t2v, temperature_inv) * share
+    loss_v2t = generation_loss(x0_hat_v2t, temperature_inv) * share
     return loss_t2v + loss_v2t, {"t2v": loss_t2v.detach(), "v2t": loss_v2t.detach()}

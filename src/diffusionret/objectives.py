@@ -1,12 +1,23 @@
-"""The two training objectives as modules (accelerate wraps them, so DDP gradient sync applies).
+"""The two training objectives. Each computes its loss on the GLOBAL batch and runs its own backward pass.
 
-`ContrastiveObjective` (stage 1): encode the local batch, gather all features across processes WITH
-gradient, WTI similarity over the global batch, symmetric InfoNCE (reference §2.5, §8.1).
+`ContrastiveObjective` (stage 1): encode this process's batch, gather the features of all processes WITH
+gradient, WTI similarity over the global batch, symmetric InfoNCE (reference §2.5, §8.1). With gradient
+accumulation it uses a gradient cache: the features of all micro-batches are computed without gradient,
+the loss and its gradient w.r.t. the features are computed once on the whole global batch, then each
+micro-batch is re-encoded and back-propagated with its slice of that gradient. The result equals the
+full-batch gradient (the contrastive loss over the global batch does not depend on the micro-batching).
+
 `GenerationObjective` (stage 2): frozen cached features; the global batch's similarity picks each
-query's hardest negatives; both denoisers predict x0 from a noised one-hot (reference §5, §8.2).
+query's hardest negatives; both denoisers predict x0 from a noised one-hot (reference §5, §8.2). Every
+process draws the same noise for the whole global batch and back-propagates only its own query rows.
+
+Both scale their loss so that AVERAGING the gradients over processes (train.py) gives the gradient of the
+global-batch loss, whatever the number of processes or micro-batches.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -15,17 +26,116 @@ from diffusionret.losses import contrastive_loss, gather_with_grad
 from diffusionret.model.extractor import FeatureExtractor, TextFeatures, VideoFeatures
 
 
-class ContrastiveObjective(nn.Module):
-    def __init__(self, extractor: FeatureExtractor):
-        super().__init__()
-        self.extractor = extractor
+@dataclass(frozen=True)
+class Partition:
+    """How this process's share of a global batch is split: process `rank` of `world_size`, `micro_batches`."""
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    rank: int = 0
+    world_size: int = 1
+    micro_batches: int = 1
+
+
+def _gather_mask(mask: torch.Tensor) -> torch.Tensor:
+    """All-gather a 0/1 mask (gloo cannot gather bool tensors)."""
+    return gather_with_grad(mask.long()).to(mask.dtype)
+
+
+def _micro_slices(size: int, micro_batches: int) -> list[slice]:
+    if size % micro_batches:
+        raise ValueError(f"a per-process batch of {size} does not split into {micro_batches} micro-batches")
+    step = size // micro_batches
+    return [slice(start, start + step) for start in range(0, size, step)]
+
+
+class ContrastiveObjective(nn.Module):
+    def __init__(self, extractor: FeatureExtractor, partition: Partition = Partition()):
+        super().__init__()
+        self.extractor, self.partition = extractor, partition
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> tuple[TextFeatures, VideoFeatures]:
+        """Features of this process's (micro-)batch: tokens (b, L, D), sentence (b, D), frames (b, T, D)."""
         text = self.extractor.encode_text(batch["input_ids"], batch["attention_mask"])
         video = self.extractor.encode_video(batch["frames"], batch["frame_mask"])
-        text = TextFeatures(tokens=gather_with_grad(text.tokens), mask=gather_with_grad(text.mask),
-                            sentence=gather_with_grad(text.sentence))  # (B, L, D), (B, L), (B, D): global batch
-        video = VideoFeatures(frames=gather_with_grad(video.frames), mask=gather_with_grad(video.mask))
+        return text, video
+
+    def loss(self, text: TextFeatures, video: VideoFeatures) -> torch.Tensor:
+        """InfoNCE over the global batch gathered from every process (B = world * b)."""
+        text = TextFeatures(tokens=gather_with_grad(text.tokens), mask=_gather_mask(text.mask),
+                            sentence=gather_with_grad(text.sentence))  # (B, L, D), (B, L), (B, D)
+        video = VideoFeatures(frames=gather_with_grad(video.frames), mask=_gather_mask(video.mask))  # (B, T, D)
         similarity = self.extractor.similarity(text, video)  # (B, B)
-        loss = contrastive_loss(similarity, self.extractor.logit_scale)
-        return loss, {"loss/contrastive": loss.detach(), "logit_scale": self.extractor.logit_scale.detach().exp()}
+        return contrastive_loss(similarity, self.extractor.logit_scale)
+
+    def backward_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Forward + backward of one global batch; returns detached scalars to log."""
+        if self.partition.micro_batches == 1:
+            loss = self.loss(*self.encode(batch))
+            loss.backward()
+        else:
+            loss = self._gradient_cache_backward(batch)
+        return {"loss/contrastive": loss.detach(), "logit_scale": self.extractor.logit_scale.detach().exp()}
+
+    def _gradient_cache_backward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        size = batch["input_ids"].shape[0]
+        slices = _micro_slices(size, self.partition.micro_batches)
+        with torch.no_grad():
+            parts = [self.encode({key: value[part] for key, value in batch.items()}) for part in slices]
+        leaves = [torch.cat([getattr(p[0], "tokens") for p in parts]).requires_grad_(),
+                  torch.cat([getattr(p[0], "sentence") for p in parts]).requires_grad_(),
+                  torch.cat([getattr(p[1], "frames") for p in parts]).requires_grad_()]
+        text = TextFeatures(tokens=leaves[0], mask=torch.cat([p[0].mask for p in parts]), sentence=leaves[1])
+        video = VideoFeatures(frames=leaves[2], mask=torch.cat([p[1].mask for p in parts]))
+        loss = self.loss(text, video)
+        loss.backward()  # gradients of the head / logit scale, and of the cached features
+        for part in slices:
+            text_part, video_part = self.encode({key: value[part] for key, value in batch.items()})
+            outputs = [text_part.tokens, text_part.sentence, video_part.frames]
+            used = [(output, leaf.grad[part]) for output, leaf in zip(outputs, leaves) if leaf.grad is not None]
+            torch.autograd.backward([output for output, _ in used], [grad for _, grad in used])  # e.g. WTI ignores the sentence
+        return loss
+
+
+class GenerationObjective(nn.Module):
+    """Stage-2 loss of a global batch of cached features (only `generator` has trainable weights)."""
+
+    def __init__(self, generator: nn.Module, diffusion, extractor: FeatureExtractor, settings,
+                 noise: torch.Generator, partition: Partition = Partition()):
+        super().__init__()
+        self.generator, self.diffusion, self.settings, self.noise = generator, diffusion, settings, noise
+        self.partition = partition
+        self._frozen = [extractor]  # a plain list: the frozen extractor is not a submodule
+
+    def backward_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Forward + backward of this process's query rows of the global batch; returns scalars to log."""
+        from diffusionret.generation import stage2_loss
+
+        extractor = self._frozen[0]
+        gathered = {key: gather_with_grad(value.long() if value.dtype == torch.bool else value).to(value.dtype)
+                    for key, value in batch.items()}  # global batch B (no gradient flows: frozen features)
+        text = TextFeatures(tokens=gathered["text_tokens"], mask=gathered["text_mask"], sentence=gathered["sentence"])
+        video = VideoFeatures(frames=gathered["video_frames"], mask=gathered["video_mask"])
+        with torch.no_grad():
+            similarity = extractor.similarity(text, video)  # (B, B) stage-1 WTI scores
+            contrastive = contrastive_loss(similarity, extractor.logit_scale)  # L_dis: nothing trainable
+        global_batch = similarity.shape[0]
+        local = global_batch // self.partition.world_size
+        own_rows = slice(self.partition.rank * local, (self.partition.rank + 1) * local)
+        start_state = self.noise.get_state()
+        total, parts_sum = torch.zeros(()), {"t2v": torch.zeros(()), "v2t": torch.zeros(())}
+        for part in _micro_slices(local, self.partition.micro_batches):
+            rows = slice(own_rows.start + part.start, own_rows.start + part.stop)
+            self.noise.set_state(start_state)  # identical draws for the whole batch in every call
+            loss, parts = stage2_loss(
+                self.generator, self.diffusion, sentence=text.sentence, frames=video.frames,
+                frame_mask=video.mask, similarity=similarity, video_keys=gathered["video_key"],
+                num_negatives=self.settings.num_negatives, temperature_inv=self.settings.loss_temperature_inv,
+                generator_rng=self.noise, negative_value=self.settings.negative_value, rows=rows,
+            )
+            # loss = (sum over these rows) / B; times world size so that averaging over processes sums them
+            (loss * self.partition.world_size).backward()
+            total = total + loss.detach()
+            parts_sum = {key: parts_sum[key] + parts[key] for key in parts_sum}
+        # logged values are this process's share; the loop averages them over processes (times W = global mean)
+        scale = self.partition.world_size
+        return {"loss/generative": total * scale, "loss/generative_t2v": parts_sum["t2v"] * scale,
+                "loss/generative_v2t": parts_sum["v2t"] * scale, "loss/contrastive": contrastive}

@@ -137,3 +137,17 @@ def read_run_reference(path: Path) -> dict:
         raise FileNotFoundError(f"{path} is missing: the training stage that writes it has not run "
                                 f"(run `dvc repro`)")
     return json.loads(path.read_text())
+
+
+def log_artifacts_to_run(run_id: str, paths: Iterable[Path], artifact_path: str | None = None) -> None:
+    """Attach files (or directories) to an existing, possibly finished run, without resuming it."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    for path in paths:
+        if Path(path).is_dir():
+            client.log_artifacts(run_id, str(path), artifact_path=artifact_path)
+        elif Path(path).is_file():
+            client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+        else:
+            raise FileNotFoundError(f"cannot log {path} to MLflow run {run_id}: it does not exist")

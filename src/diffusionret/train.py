@@ -1,9 +1,11 @@
-"""The accelerate training loop shared by both stages; what trains is a parameter.
+"""The training loop shared by both stages; what trains is a parameter.
 
-The loop owns: optimisation (backward, gradient clipping, optimiser and scheduler steps), the EMA copy,
-periodic validation of the raw and the EMA weights (the better one is kept), resumable state, and
-logging (MLflow curves, a CSV for DVC plots, steps/s). The objective module's forward returns the loss
-and a dict of scalars to log; it is the module accelerate wraps, so gradient synchronisation works.
+The loop owns: optimisation (the objective's forward + backward, gradient averaging over processes,
+clipping, optimiser and scheduler steps), the EMA copy, periodic validation of the raw and the EMA
+weights (the better one is kept), resumable state, and logging (MLflow curves, a CSV for DVC plots,
+steps/s). Gradients are averaged over processes explicitly after the objective's backward pass (no DDP
+wrapper), which lets the objectives compute their loss on the global batch with gradient caching or
+micro-batching and still give exactly the single-process gradient.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from tqdm.auto import tqdm
 from diffusionret.optim import ModelEMA
 
 
+class ResumeRefused(RuntimeError):
+    """A saved state was written with different parameters than the ones of this run."""
+
+
 @dataclass
 class LoopSettings:
     total_steps: int
@@ -32,17 +38,18 @@ class LoopSettings:
     grad_clip: float
     checkpoint_every: int
     ema_decay: float
+    keep_checkpoints: int = 1
 
 
 @dataclass
 class Progress:
-    """What a resumed run needs beyond model/optimiser/scheduler state (checkpointed by accelerate)."""
+    """What a resumed run needs beyond model/optimiser/scheduler/EMA state."""
 
     step: int = 0
     best_value: float = -math.inf
     best_source: str = ""
     best_step: int = -1
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. the MLflow run id, RNG states
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. the MLflow run id, RNG states, fingerprint
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "best_value": self.best_value, "best_source": self.best_source,
@@ -64,39 +71,73 @@ class LoopResult:
 
 
 class TrainingState:
-    """Resumable state on disk: `<dir>/latest` (accelerate state) and `<dir>/best.safetensors`."""
+    """Resumable state on disk: numbered `state-<step>` directories and `best.safetensors`."""
 
     def __init__(self, directory: Path):
         self.directory = directory
-        self.latest = directory / "latest"
         self.best = directory / "best.safetensors"
         self.log_csv = directory / "log.csv"
 
-    def exists(self) -> bool:
-        return (self.latest / "progress.json").is_file()
+    def states(self) -> list[Path]:
+        """Complete saved states, oldest first (a state is complete once its progress.json exists)."""
+        found = [path for path in self.directory.glob("state-*") if (path / "progress.json").is_file()]
+        return sorted(found, key=lambda path: int(path.name.split("-")[1]))
 
-    def save(self, accelerator, progress: Progress) -> None:
-        """Write the state to a temporary directory, then swap it in (a kill never leaves half a state)."""
-        if not accelerator.is_main_process:
-            accelerator.save_state(str(self.directory / "tmp-latest"))  # collective call on every rank
-            accelerator.wait_for_everyone()
-            return
-        tmp = self.directory / "tmp-latest"
-        if tmp.exists():
+    @property
+    def latest(self) -> Path | None:
+        states = self.states()
+        return states[-1] if states else None
+
+    def exists(self) -> bool:
+        return self.latest is not None
+
+    def peek(self) -> dict[str, Any] | None:
+        """The latest state's progress without loading tensors (e.g. to find the MLflow run to resume)."""
+        latest = self.latest
+        return json.loads((latest / "progress.json").read_text()) if latest else None
+
+    def save(self, accelerator, progress: Progress, keep: int) -> None:
+        """Write `state-<step>` through a temporary name (a kill never leaves half a state); prune old ones."""
+        target = self.directory / f"state-{progress.step:08d}"
+        tmp = self.directory / f"tmp-state-{progress.step:08d}"
+        if accelerator.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
-        accelerator.save_state(str(tmp))
-        (tmp / "progress.json").write_text(json.dumps(progress.state_dict()))
-        old = self.directory / "old-latest"
-        if self.latest.exists():
-            self.latest.rename(old)
-        tmp.rename(self.latest)
-        if old.exists():
-            shutil.rmtree(old)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))  # collective: every rank writes its RNG state
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (tmp / "progress.json").write_text(json.dumps(progress.state_dict()))
+            if target.exists():
+                shutil.rmtree(target)
+            tmp.rename(target)
+            for old in self.states()[:-keep]:
+                shutil.rmtree(old)
         accelerator.wait_for_everyone()
 
     def load(self, accelerator, progress: Progress) -> None:
-        accelerator.load_state(str(self.latest))
-        progress.load_state_dict(json.loads((self.latest / "progress.json").read_text()))
+        latest = self.latest
+        accelerator.load_state(str(latest))
+        progress.load_state_dict(json.loads((latest / "progress.json").read_text()))
+
+    def clear(self) -> None:
+        """Remove the state once the stage's outputs are written (a later run with new params starts fresh)."""
+        if self.directory.exists():
+            shutil.rmtree(self.directory)
+
+
+def check_resumable(state: TrainingState, fingerprint: dict[str, Any]) -> None:
+    """Refuse to resume a state written with other parameters, naming the keys that differ."""
+    saved = state.peek()
+    if saved is None:
+        return
+    previous = saved["extra"].get("fingerprint", {})
+    changed = sorted(key for key in set(previous) | set(fingerprint) if previous.get(key) != fingerprint.get(key))
+    if changed:
+        details = ", ".join(f"{key}: {previous.get(key)!r} -> {fingerprint.get(key)!r}" for key in changed[:8])
+        raise ResumeRefused(
+            f"{state.directory} holds an interrupted run with different parameters ({details}). Restore "
+            f"those parameters to resume it, or delete {state.directory} to start this stage from scratch."
+        )
 
 
 def _append_log(path: Path, row: dict[str, float]) -> None:
@@ -119,21 +160,41 @@ def _truncate_log(path: Path, last_step: int) -> None:
         _append_log(path, row)
 
 
+def average_gradients(parameters: list[torch.nn.Parameter], world_size: int) -> None:
+    """Average .grad over processes with one flat all-reduce (a no-op for a single process)."""
+    if world_size == 1:
+        return
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+    flat = torch.cat([g.reshape(-1) for g in grads])  # (sum of sizes,)
+    dist.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for parameter, grad in zip(parameters, grads):
+        parameter.grad = flat[offset:offset + grad.numel()].view_as(grad).clone()
+        offset += grad.numel()
+
+
 def run_training(*, accelerator, objective: torch.nn.Module, trainable: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, scheduler, batches: Callable[[int], Iterable],
                  validate: Callable[[torch.nn.Module], float], settings: LoopSettings, state: TrainingState,
                  log_metrics: Callable[[dict[str, float], int], None], after_step: Callable[[], None] = lambda: None,
-                 progress: Progress | None = None, on_resume: Callable[[Progress], None] = lambda p: None,
-                 extra_state: Callable[[], dict[str, Any]] = dict) -> LoopResult:
+                 on_resume: Callable[[Progress], None] = lambda p: None,
+                 extra_state: Callable[[], dict[str, Any]] = dict,
+                 fingerprint: dict[str, Any] | None = None) -> LoopResult:
     """Train `trainable` (inside `objective`) for settings.total_steps, resuming from `state` if present.
 
-    batches(start_step) yields this process's batches from start_step on; validate(module) returns the
-    selection metric (higher is better) of a module with the same structure as `trainable`.
+    batches(start_step) yields this process's batches from start_step on; objective.backward_step(batch)
+    runs forward + backward and returns scalars to log; validate(module) returns the selection metric
+    (higher is better) of a module with the same structure as `trainable`.
     """
-    progress = progress or Progress()
+    progress = Progress()
+    fingerprint = fingerprint or {}
+    check_resumable(state, fingerprint)
     ema = ModelEMA(trainable, decay=settings.ema_decay)
-    objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
-    accelerator.register_for_checkpointing(ema)
+    for stateful in (trainable, optimizer, scheduler, ema):
+        accelerator.register_for_checkpointing(stateful)
     state.directory.mkdir(parents=True, exist_ok=True)
     if state.exists():
         state.load(accelerator, progress)
@@ -143,6 +204,7 @@ def run_training(*, accelerator, objective: torch.nn.Module, trainable: torch.nn
             accelerator.print(f"resumed from {state.latest} at step {progress.step}")
     elif accelerator.is_main_process and state.log_csv.exists():
         state.log_csv.unlink()
+    parameters = [p for p in trainable.parameters() if p.requires_grad]
 
     def consider(module: torch.nn.Module, source: str, step: int) -> None:
         value = validate(module)
@@ -162,28 +224,27 @@ def run_training(*, accelerator, objective: torch.nn.Module, trainable: torch.nn
             consider(ema.module, "ema", step)
         trainable.train()
 
-    start = progress.step
-    bar = tqdm(total=settings.total_steps, initial=start, disable=not accelerator.is_main_process,
+    bar = tqdm(total=settings.total_steps, initial=progress.step, disable=not accelerator.is_main_process,
                desc="train", dynamic_ncols=True)
     window_start, window_steps, steps_per_second = time.perf_counter(), 0, float("nan")
     trainable.train()
-    for batch in batches(start):
-        step = progress.step
-        loss, scalars = objective(batch)
-        accelerator.backward(loss)
+    for batch in batches(progress.step):
+        with accelerator.autocast():
+            scalars = objective.backward_step(batch)
+        average_gradients(parameters, accelerator.num_processes)
         if settings.grad_clip > 0:
-            accelerator.clip_grad_norm_([p for p in trainable.parameters() if p.requires_grad], settings.grad_clip)
+            torch.nn.utils.clip_grad_norm_(parameters, settings.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         after_step()
         ema.update(trainable)
-        progress.step = step + 1
+        progress.step += 1
         window_steps += 1
         bar.update(1)
 
         if progress.step % settings.log_every == 0 or progress.step == settings.total_steps:
-            reduced = {name: accelerator.reduce(value.detach().float(), reduction="mean").item()
+            reduced = {name: accelerator.reduce(value.detach().float().to(accelerator.device), reduction="mean").item()
                        for name, value in scalars.items()}
             now = time.perf_counter()
             steps_per_second = window_steps / max(now - window_start, 1e-9)
@@ -200,7 +261,8 @@ def run_training(*, accelerator, objective: torch.nn.Module, trainable: torch.nn
             validate_both(progress.step)
         if progress.step % settings.checkpoint_every == 0 or progress.step == settings.total_steps:
             progress.extra.update(extra_state())
-            state.save(accelerator, progress)
+            progress.extra["fingerprint"] = fingerprint
+            state.save(accelerator, progress, settings.keep_checkpoints)
     bar.close()
     if progress.best_step < 0:  # a resumed run that had already finished
         validate_both(progress.step)

@@ -1,63 +1,153 @@
-"""`preprocess` stage: parse annotations into the common form and cache sampled frames once per video."""
+"""`preprocess` stage: annotations in the common form + the uint8 frame cache, read once per video.
+
+Order of work: read the manifest written by `download` (the raw folder and its video files), read every split
+with the benchmark's reader, and check that every annotated video has exactly one file (data/check.py) before
+decoding anything. Missing videos stop the stage (full list in `<frames>/missing_videos.txt`) unless
+`data.allow_missing` is true; then they are dropped with their captions. Decoding is parallel and resumable
+(data/frames.py): finished videos are kept under `data.partial_root/frames/<raw folder>/`, so benchmarks that
+read the same video files with the same settings (e.g. MSRVTT 9k and 7k) decode each video once. Videos that
+cannot be decoded are listed in `failures.json`; they stop the stage after every other video has been decoded,
+unless `data.allow_missing` is true, in which case they are dropped too. Whenever something is dropped, the
+counts are written to `<frames>/data_report.json` and logged to MLflow (run `preprocess` of the benchmark's
+experiment).
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from diffusionret.config import BenchmarkParams, PreprocessParams
-from diffusionret.data.readers import read_split
+from diffusionret.config import BenchmarkParams, Params, PreprocessParams
+from diffusionret.data.check import check_benchmark, drop_videos, enforce_complete
 from diffusionret.data.records import SplitAnnotations, save_annotations
-from diffusionret.data.videos import index_video_files, resolve_videos
+from diffusionret.data.sources import SOURCES
+from diffusionret.pipeline.download import benchmark_raw_dir, manifest_path, read_manifest
 from diffusionret.pipeline.paths import Paths
 
 SPLITS = ("train", "val", "test")
+MISSING_FILE = "missing_videos.txt"
+REPORT_FILE = "data_report.json"
 
 
 class PreprocessFailed(RuntimeError):
     """Some videos could not be decoded."""
 
 
-def read_benchmark_splits(name: str, settings: BenchmarkParams, raw_dir: Path) -> dict[str, SplitAnnotations]:
-    """Every split of a benchmark in the common form; a split without videos is left out."""
-    splits = {}
-    for split in SPLITS:
-        options = {"benchmark": name}
-        if settings.val_videos_from_train:
-            options["val_fraction_videos"] = settings.val_videos_from_train
-        annotations = read_split(settings.reader, raw_dir, split, **options)
-        if annotations.num_videos:
-            splits[split] = annotations
-    if "test" not in splits:
-        raise ValueError(f"benchmark `{name}` under {raw_dir} has no test videos")
-    return splits
+def id_prefix_of(settings: BenchmarkParams) -> str:
+    """The optional id prefix file names may omit (ActivityNet `v_`), from the source registry."""
+    return SOURCES[settings.source].videos.id_prefix if settings.source in SOURCES else ""
+
+
+def clip_spans(splits: dict[str, SplitAnnotations], settings: BenchmarkParams) -> dict[str, tuple[float, float]]:
+    """(start_s, end_s) per video as `clip_span` says: none (whole video), the reader's spans, or one fixed span."""
+    if settings.clip_span == "video":
+        return {}
+    if settings.clip_span == "fixed":
+        start, end = settings.clip_span_s
+        return {v: (float(start), float(end)) for a in splits.values() for v in a.video_ids}
+    return {v: span for a in splits.values() for v, span in a.spans.items()}
 
 
 def preprocess_benchmark(name: str, settings: BenchmarkParams, preprocess: PreprocessParams, paths: Paths,
                          *, progress: bool = True) -> dict:
-    """Write annotations/<split>.json and the frame cache of every video of the benchmark."""
-    raw_dir, out_dir = paths.raw(name), paths.frames(name)
-    splits = read_benchmark_splits(name, settings, raw_dir)
-    for split, annotations in splits.items():
-        save_annotations(annotations, paths.annotations(name, split))
+    """Validate, decode and write annotations/<split>.json + the frame cache; returns a summary.
+
+    Reads the manifest of the download stage when it exists, else walks the raw folder. `paths.data.allow_missing`
+    decides whether missing or undecodable videos stop the stage or are dropped (and counted in the summary).
+    """
+    out_dir = paths.frames(name)
+    manifest_file = manifest_path(paths, name)
+    if manifest_file.is_file():
+        _, raw_dir, index = read_manifest(manifest_file, paths.root)
+    else:
+        raw_dir, index = benchmark_raw_dir(paths, name, settings), None
+    allow_missing = paths.data.allow_missing
+    extensions = SOURCES[settings.source].videos.extensions if settings.source in SOURCES else None
+    check = check_benchmark(raw_dir, benchmark=name, reader=settings.reader, splits=settings.splits,
+                            val_videos_from_train=settings.val_videos_from_train, index=index,
+                            id_prefix=id_prefix_of(settings), **({"extensions": extensions} if extensions else {}))
+    for stale in (out_dir / MISSING_FILE, out_dir / REPORT_FILE):
+        stale.unlink(missing_ok=True)
+    splits = enforce_complete(check, allow_missing=allow_missing, missing_file=out_dir / MISSING_FILE,
+                              where=str(raw_dir))
     video_ids = sorted({video for annotations in splits.values() for video in annotations.video_ids})
-    videos = resolve_videos(video_ids, index_video_files(raw_dir), where=str(raw_dir))
-    spans = {video: span for annotations in splits.values() for video, span in annotations.spans.items()}
+    videos = {video: check.files[video] for video in video_ids}
+    spans = clip_spans(splits, settings)
 
     from diffusionret.data.frames import build_frame_cache
 
     summary = build_frame_cache(
         videos, out_dir, sample_fps=settings.fps, max_frames=settings.max_frames,
         image_size=preprocess.image_size, spans=spans, workers=preprocess.workers,
-        partial_dir=paths.partial("frames", name), progress=progress,
+        partial_dir=paths.partial("frames", raw_dir.name), progress=progress,
     )
-    failures = json.loads((out_dir / "failures.json").read_text())
-    if failures:
+    failures = summary["failures"]
+    if failures and not allow_missing:
         listed = "\n".join(f"  {item['video_id']}: {item['path']}: {item['error']}" for item in failures[:20])
         raise PreprocessFailed(
             f"{len(failures)} of {len(videos)} videos of `{name}` could not be decoded (full list in "
-            f"{out_dir / 'failures.json'}):\n{listed}\nReplace or remove these files and re-run; the "
-            f"{len(videos) - len(failures)} decoded videos are kept in {paths.partial('frames', name)}."
+            f"{out_dir / 'failures.json'}):\n{listed}\nReplace or remove these files and re-run (the "
+            f"{len(videos) - len(failures)} decoded videos are kept in {paths.partial('frames', raw_dir.name)} and "
+            f"not decoded again), or set data.allow_missing: true to leave them out."
         )
-    return {"splits": {split: {"videos": a.num_videos, "captions": a.num_captions} for split, a in splits.items()},
-            **{key: value for key, value in summary.items() if key != "failures"}}
+    failed = {item["video_id"] for item in failures}
+    emptied = [split for split, a in splits.items() if a.num_videos and not set(a.video_ids) - failed]
+    if emptied:
+        raise PreprocessFailed(f"no video of the {', '.join(emptied)} split(s) of `{name}` could be decoded (see "
+                               f"{out_dir / 'failures.json'}); data.allow_missing cannot help here")
+    for split, annotations in splits.items():
+        kept = drop_videos(annotations, failed)
+        kept = SplitAnnotations(kept.benchmark, kept.split, kept.video_ids, kept.captions, kept.caption_video,
+                                {v: spans[v] for v in kept.video_ids if v in spans})
+        splits[split] = kept
+        save_annotations(kept, paths.annotations(name, split))
+    counts = {split: {"videos": a.num_videos, "captions": a.num_captions} for split, a in splits.items()}
+    report = {"splits": counts, "missing_videos": len(check.missing_ids), "undecodable_videos": len(failed),
+              "annotated": check.counts()}
+    if report["missing_videos"] or report["undecodable_videos"]:
+        (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")
+    return {**report, **{key: value for key, value in summary.items() if key != "failures"}}
+
+
+def log_dropped_videos(name: str, report: dict, params: Params, repo_root: Path, files: list[Path]) -> str:
+    """Log the counts of skipped videos (and the lists) to MLflow; returns the run id."""
+    from diffusionret import tracking
+
+    tracking.configure(params.tracking.tracking_uri, params.tracking.artifact_root, repo_root)
+    experiment = f"{params.tracking.experiment_prefix}/{name}"
+    with tracking.start_run(experiment=experiment, run_name="preprocess",
+                            tags={"stage": "preprocess", "benchmark": name,
+                                  "git_commit": tracking.git_commit(repo_root)}) as run:
+        metrics = {"data/missing_videos": report["missing_videos"],
+                   "data/undecodable_videos": report["undecodable_videos"]}
+        for split, count in report["splits"].items():
+            metrics[f"data/{split}_videos"] = count["videos"]
+            metrics[f"data/{split}_captions"] = count["captions"]
+        tracking.log_metrics(metrics)
+        tracking.log_artifacts([f for f in files if f.is_file()], artifact_path="data")
+        return run.info.run_id
+
+
+def run_preprocess(name: str, params: Params, paths: Paths, repo_root: Path, *, progress: bool = True) -> dict:
+    """The stage: `preprocess_benchmark`, then the MLflow record when videos were skipped."""
+    summary = preprocess_benchmark(name, params.benchmark(name), params.preprocess, paths, progress=progress)
+    if summary["missing_videos"] or summary["undecodable_videos"]:
+        out_dir = paths.frames(name)
+        summary["mlflow_run"] = log_dropped_videos(
+            name, summary, params, repo_root, [out_dir / MISSING_FILE, out_dir / "failures.json",
+                                               out_dir / REPORT_FILE])
+    return summary
+
+
+def check_benchmark_files(name: str, settings: BenchmarkParams, raw_dir: Path) -> dict:
+    """What `diffusionret data check` reports: per-split counts (videos, captions, missing) of a folder, no decoding."""
+    from diffusionret.data.videos import VIDEO_EXTENSIONS, index_video_files
+
+    extensions = SOURCES[settings.source].videos.extensions if settings.source in SOURCES else VIDEO_EXTENSIONS
+    index = index_video_files(raw_dir, extensions) if Path(raw_dir).is_dir() else {}
+    check = check_benchmark(raw_dir, benchmark=name, reader=settings.reader, splits=settings.splits,
+                            val_videos_from_train=settings.val_videos_from_train, index=index,
+                            id_prefix=id_prefix_of(settings), keep_going=True)
+    return {"benchmark": name, "root": str(raw_dir), "video_files": len(index), "splits": check.counts(),
+            "missing_videos": len(check.missing_ids), "missing": check.missing_ids,
+            "complete": not check.missing_ids and not check.errors}

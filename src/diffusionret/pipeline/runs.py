@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from diffusionret import tracking
-from diffusionret.config import Params
-from diffusionret.train import TrainingState
+from diffusionret.config import Params, StageTrainParams, batch_partition, flatten
+from diffusionret.objectives import Partition
+from diffusionret.train import LoopSettings, TrainingState
 
 
 def make_accelerator(precision: str):
@@ -20,8 +21,10 @@ def make_accelerator(precision: str):
     from accelerate import Accelerator
 
     use_cpu = not torch.cuda.is_available()
-    mixed = "bf16" if precision == "bf16" and not use_cpu else "no"
-    return Accelerator(cpu=use_cpu, mixed_precision=mixed)
+    bf16 = precision == "bf16" and not use_cpu and torch.cuda.is_bf16_supported()
+    if precision == "bf16" and not bf16:
+        print(f"train.precision = bf16 is not supported on {'the CPU' if use_cpu else 'this GPU'}; training in fp32")
+    return Accelerator(cpu=use_cpu, mixed_precision="bf16" if bf16 else "no")
 
 
 def seed_everything(seed: int) -> None:
@@ -47,10 +50,8 @@ class RunLogger:
         self._context = None
 
     def _previous_run_id(self) -> str | None:
-        progress = self.state.latest / "progress.json"
-        if progress.is_file():
-            return json.loads(progress.read_text()).get("extra", {}).get("mlflow_run_id")
-        return None
+        saved = self.state.peek()
+        return saved.get("extra", {}).get("mlflow_run_id") if saved else None
 
     def __enter__(self) -> "RunLogger":
         if not self.main:
@@ -113,3 +114,24 @@ def make_optimizer(settings, model: torch.nn.Module, clip_module: torch.nn.Modul
         schedule = warmup_cosine_lambda(settings.steps, settings.warmup_steps)
     optimizer = build_optimizer(settings.optimizer, groups)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def loop_settings(settings: StageTrainParams) -> LoopSettings:
+    return LoopSettings(total_steps=settings.steps, log_every=settings.log_every, val_every=settings.val_every,
+                        grad_clip=settings.grad_clip, checkpoint_every=settings.checkpoint_every,
+                        ema_decay=settings.ema_decay, keep_checkpoints=settings.keep_checkpoints)
+
+
+def partition(accelerator, settings: StageTrainParams, section: str) -> Partition:
+    """This process's rank, the world size and the micro-batches per process (errors when they don't divide)."""
+    _, micro_batches = batch_partition(settings, accelerator.num_processes, section)
+    return Partition(rank=accelerator.process_index, world_size=accelerator.num_processes,
+                     micro_batches=micro_batches)
+
+
+def fingerprint(*sections: object, exclude: tuple[str, ...] = ()) -> dict:
+    """Flattened parameters that determine a stage's weights; a resume under other values is refused."""
+    flat: dict = {}
+    for index, section in enumerate(sections):
+        flat.update({f"{index}.{key}": value for key, value in flatten(section).items()})
+    return {key: value for key, value in flat.items() if not key.split(".", 1)[1].startswith(exclude)}

@@ -25,9 +25,10 @@ from diffusionret.model.checkpoint import save_extractor
 from diffusionret.model.extractor import FeatureExtractor, build_feature_extractor
 from diffusionret.objectives import ContrastiveObjective
 from diffusionret.pipeline.paths import Paths
-from diffusionret.pipeline.runs import RunLogger, make_accelerator, make_optimizer, seed_everything
+from diffusionret.pipeline.runs import (RunLogger, fingerprint, loop_settings, make_accelerator, make_optimizer,
+                                        partition, seed_everything)
 from diffusionret.text import load_tokenizer, tokenize, train_bpe_tokenizer
-from diffusionret.train import LoopSettings, TrainingState, run_training
+from diffusionret.train import TrainingState, run_training
 
 
 def prepare_tokenizer(backbone: str, vocab_size: int, train_captions, out_dir: Path, accelerator):
@@ -59,14 +60,21 @@ def validation_r1(extractor: FeatureExtractor, annotations: SplitAnnotations, id
     return float(metrics["t2v"]["R1"])
 
 
+NOT_AFFECTING_WEIGHTS = ("log_every", "checkpoint_every", "keep_checkpoints", "num_workers", "benchmarks",
+                         "accelerate_config")
+
+
 def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict:
     """Run stage 1 on benchmark `name`; resumable (state under data.partial_root)."""
     bench, settings = params.benchmark(name), params.train
     accelerator = make_accelerator(settings.precision)
+    split = partition(accelerator, settings, "train")
     out_dir, plots_dir = paths.disc_model(name), paths.plots(name)
     train_ann = load_annotations(paths.annotations(name, "train"))
     val_ann = load_annotations(paths.annotations(name, "val"))
     cache = load_frame_cache(paths.frames(name))
+    state = TrainingState(paths.partial("train_disc", name))
+    weights_fingerprint = fingerprint(params.model, settings, bench, params.preprocess, exclude=NOT_AFFECTING_WEIGHTS)
 
     tokenizer = prepare_tokenizer(params.model.backbone, params.model.tokenizer_vocab_size, train_ann.captions,
                                   out_dir / "tokenizer", accelerator)
@@ -78,40 +86,39 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
         params.model.backbone, temporal=params.model.temporal, temporal_layers=params.model.temporal_layers,
         head=params.model.head, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
+    ).to(accelerator.device)
     seed_everything(settings.seed * accelerator.num_processes + accelerator.process_index)
     optimizer, scheduler = make_optimizer(settings, extractor, extractor.backbone.clip)
     dataset = CaptionVideoDataset(train_ids, train_mask, np.asarray(train_ann.caption_video),
                                   split_rows(train_ann, cache), cache.frames, cache.mask)
 
     def batches(start_step: int):
-        sampler = StepBatchSampler(len(dataset), settings.batch_size, settings.seed, start_step, settings.steps,
+        sampler = StepBatchSampler(len(dataset), settings.global_batch, settings.seed, start_step, settings.steps,
                                    accelerator.process_index, accelerator.num_processes)
-        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=settings.num_workers)
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=settings.num_workers,
+                            pin_memory=accelerator.device.type == "cuda")
         for batch in loader:
-            yield {key: value.to(accelerator.device) for key, value in batch.items()}
+            yield {key: value.to(accelerator.device, non_blocking=True) for key, value in batch.items()}
 
     def validate(module: FeatureExtractor) -> float:
         return validation_r1(module, val_ann, val_ids, val_mask, cache, params.eval.batch_size,
                              params.eval.chunk_size)
 
-    state = TrainingState(paths.partial("train_disc", name))
     logger = RunLogger(accelerator, params, repo_root, experiment=name, run_name=f"{name}/disc",
                        tags={"stage": "disc", "benchmark": name, "seed": settings.seed,
-                             "world_size": accelerator.num_processes, "global_batch": settings.batch_size,
-                             "per_device_batch": settings.batch_size // accelerator.num_processes,
+                             "world_size": accelerator.num_processes, "global_batch": settings.global_batch,
+                             "per_device_batch": settings.global_batch // accelerator.num_processes,
+                             "micro_batches": split.micro_batches, "precision": settings.precision,
                              "git_commit": tracking.git_commit(repo_root)},
                        state=state, curve="loss/contrastive")
     with logger:
         logger.log_params(flatten(params))
         result = run_training(
-            accelerator=accelerator, objective=ContrastiveObjective(extractor), trainable=extractor,
+            accelerator=accelerator, objective=ContrastiveObjective(extractor, split), trainable=extractor,
             optimizer=optimizer, scheduler=scheduler, batches=batches, validate=validate,
-            settings=LoopSettings(total_steps=settings.steps, log_every=settings.log_every,
-                                  val_every=settings.val_every, grad_clip=settings.grad_clip,
-                                  checkpoint_every=min(settings.val_every, 500), ema_decay=settings.ema_decay),
-            state=state, log_metrics=logger.log_metrics, after_step=extractor.clamp_logit_scale_,
-            extra_state=logger.extra_state,
+            settings=loop_settings(settings), state=state, log_metrics=logger.log_metrics,
+            after_step=extractor.clamp_logit_scale_, extra_state=logger.extra_state,
+            fingerprint=weights_fingerprint,
         )
         if accelerator.is_main_process:
             metadata = {
@@ -131,4 +138,6 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
             plots_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(state.log_csv, plots_dir / "disc_loss.csv")
     accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        state.clear()  # outputs are written: a later run (e.g. with new params) starts fresh
     return {"best_source": result.best_source, "best_value": result.best_value, "best_step": result.best_step}

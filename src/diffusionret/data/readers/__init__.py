@@ -1,6 +1,8 @@
 """Registry of annotation readers: benchmark layout name -> function returning `SplitAnnotations`.
 
-To add a benchmark, write `readers/<name>.py` with `read_<name>(root, split, **options)` and add it to READERS.
+To add a benchmark, write `readers/<name>.py` with `read_<name>(root, split, *, benchmark, source_split)`, a
+`SPLIT_FILES` dict (split name -> file) and `DEFAULT_SPLITS` (role train/val/test -> split name, "" = carve val
+from train), and add it to the three tables below.
 """
 
 from __future__ import annotations
@@ -8,12 +10,31 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from diffusionret.data.readers import activitynet, didemo, lsmdc, msrvtt, msvd
+from diffusionret.data.readers.activitynet import read_activitynet
+from diffusionret.data.readers.didemo import read_didemo
+from diffusionret.data.readers.lsmdc import read_lsmdc
 from diffusionret.data.readers.msrvtt import read_msrvtt
+from diffusionret.data.readers.msvd import read_msvd
 from diffusionret.data.records import SplitAnnotations
 
 READERS: dict[str, Callable[..., SplitAnnotations]] = {
     "msrvtt": read_msrvtt,  # MSRVTT and the synthetic benchmarks (same file layout)
+    "msvd": read_msvd,
+    "lsmdc": read_lsmdc,
+    "activitynet": read_activitynet,
+    "didemo": read_didemo,
 }
+# split names each reader understands (the values of params.yaml `benchmarks.<name>.splits`)
+SPLIT_NAMES: dict[str, tuple[str, ...]] = {
+    name: tuple(module.SPLIT_FILES) for name, module in
+    {"msrvtt": msrvtt, "msvd": msvd, "lsmdc": lsmdc, "activitynet": activitynet, "didemo": didemo}.items()
+}
+DEFAULT_SPLITS: dict[str, dict[str, str]] = {
+    name: dict(module.DEFAULT_SPLITS) for name, module in
+    {"msrvtt": msrvtt, "msvd": msvd, "lsmdc": lsmdc, "activitynet": activitynet, "didemo": didemo}.items()
+}
+SPANNED_READERS = ("activitynet", "didemo")  # annotations carry a time span per video
 
 
 def read_split(reader: str, root: Path, split: str, **options) -> SplitAnnotations:

@@ -10,6 +10,12 @@ Files under `root`:
   (evenly spaced over the train csv, no randomness) and "train" excludes them. A carved val split uses the
   first caption (in json order) of each carved video, mirroring the one-caption-per-video test csv. When the
   val csv exists it wins and `val_fraction_videos` is ignored.
+- `MSRVTT_train.7k.csv` (column `video_id`), optional: the 7k training split of CLIP4Clip's msrvtt_data.zip.
+
+Split names (`source_split`, set per role in params.yaml `splits`): `9k` and `7k` (a train csv + the json
+captions), `jsfusion_val` (MSRVTT_JSFUSION_val.csv: written by the synthetic generator, absent from the real
+MSRVTT) and `1k-A` (MSRVTT_JSFUSION_test.csv, the 1000 test pairs). Without `source_split` the reader keeps its
+role-based behaviour above.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from diffusionret.data.records import SplitAnnotations
 TEST_CSV = "MSRVTT_JSFUSION_test.csv"
 VAL_CSV = "MSRVTT_JSFUSION_val.csv"
 DATA_JSON = "MSRVTT_data.json"
+TRAIN_CSVS = {"9k": "MSRVTT_train.9k.csv", "7k": "MSRVTT_train.7k.csv"}
+SPLIT_FILES = {**TRAIN_CSVS, "jsfusion_val": VAL_CSV, "1k-A": TEST_CSV}
+DEFAULT_SPLITS = {"train": "9k", "val": "", "test": "1k-A"}
 
 
 def _read_csv_column(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
@@ -91,10 +100,28 @@ def _from_json(root: Path, video_ids: list[str], benchmark: str, split: str, fir
     return SplitAnnotations(benchmark, split, tuple(video_ids), tuple(captions), tuple(caption_video))
 
 
+def _train_ids(path: Path) -> list[str]:
+    """The video ids of a train csv (no duplicates allowed)."""
+    train_ids = [r["video_id"] for r in _read_csv_column(path, ("video_id",))]
+    if len(set(train_ids)) != len(train_ids):
+        raise ValueError(f"{path}: duplicate video ids")
+    return train_ids
+
+
 def read_msrvtt(root: Path, split: str, *, benchmark: str = "msrvtt", train_csv: str = "MSRVTT_train.9k.csv",
-                val_fraction_videos: int = 0) -> SplitAnnotations:
-    """Read the "train", "val" or "test" split of an MSRVTT-layout annotation folder."""
+                val_fraction_videos: int = 0, source_split: str | None = None) -> SplitAnnotations:
+    """Read the "train", "val" or "test" split of an MSRVTT-layout annotation folder.
+
+    With `source_split` (9k, 7k, jsfusion_val, 1k-A) the named file is read whatever the role `split` is, and
+    nothing is carved (data/check.py carves a validation split in the common form).
+    """
     root = Path(root)
+    if source_split is not None:
+        if source_split not in SPLIT_FILES:
+            raise ValueError(f"unknown MSRVTT split {source_split!r}; choose one of {', '.join(SPLIT_FILES)}")
+        if source_split in TRAIN_CSVS:
+            return _from_json(root, _train_ids(root / TRAIN_CSVS[source_split]), benchmark, split, first_only=False)
+        return _from_csv(root / SPLIT_FILES[source_split], benchmark, split)
     if split == "test":
         return _from_csv(root / TEST_CSV, benchmark, split)
     has_val_csv = (root / VAL_CSV).is_file()
@@ -105,9 +132,7 @@ def read_msrvtt(root: Path, split: str, *, benchmark: str = "msrvtt", train_csv:
                                 f"a validation split out of {train_csv}")
     if split not in ("train", "val"):
         raise ValueError(f"unknown split {split!r} for {benchmark}; choose train, val or test")
-    train_ids = [r["video_id"] for r in _read_csv_column(root / train_csv, ("video_id",))]
-    if len(set(train_ids)) != len(train_ids):
-        raise ValueError(f"{root / train_csv}: duplicate video ids")
+    train_ids = _train_ids(root / train_csv)
     carved = _carve(train_ids, val_fraction_videos) if (val_fraction_videos > 0 and not has_val_csv) else []
     if split == "val":
         return _from_json(root, carved, benchmark, split, first_only=True)

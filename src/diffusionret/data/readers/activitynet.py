@@ -1,0 +1,58 @@
+"""ActivityNet Captions annotations (reference §10.2) -> `SplitAnnotations`, one paragraph per video.
+
+Files under `root` (from captions.zip of the ActivityNet Captions project page):
+- `train.json`, `val_1.json`, `val_2.json`: a JSON dict video id -> {"duration": seconds, "timestamps":
+  [[start, end], ...], "sentences": [...]}. Ids carry the `v_` prefix (`v_QOlSCBRmfWY`).
+The released loader joins all sentences of a video into one paragraph and reads the window [0, ceil(duration)];
+the paragraph here joins the stripped sentences with single spaces, and the window is the video's span.
+The test set of the papers is `val_1`. There is no validation file: `val_2` annotates the same videos as
+`val_1` (using it for model selection would leak the test videos), so a validation split is carved from train.
+Video files may be named with or without the `v_` prefix (`v_QOlSCBRmfWY.mp4` or `QOlSCBRmfWY.mp4`); the
+validation (data/check.py) accepts both.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from diffusionret.data.records import SplitAnnotations
+
+SPLIT_FILES = {"train": "train.json", "val_1": "val_1.json", "val_2": "val_2.json"}
+DEFAULT_SPLITS = {"train": "train", "val": "", "test": "val_1"}
+VIDEO_ID_PREFIX = "v_"  # may be absent from the file names
+
+
+def read_activitynet(root: Path, split: str, *, benchmark: str = "activitynet",
+                     source_split: str | None = None) -> SplitAnnotations:
+    """Read one split (`source_split`: train, val_1 or val_2; default from `split`) as paragraphs with spans."""
+    name = source_split or DEFAULT_SPLITS.get(split, split)
+    if not name:
+        raise ValueError("ActivityNet Captions has no validation file; carve one from train "
+                         "(splits.val: '' with val_videos_from_train > 0)")
+    if name not in SPLIT_FILES:
+        raise ValueError(f"unknown ActivityNet Captions split {name!r}; choose one of {', '.join(SPLIT_FILES)}")
+    path = Path(root) / SPLIT_FILES[name]
+    if not path.is_file():
+        raise FileNotFoundError(f"ActivityNet Captions annotation file {path} is missing; run the download stage "
+                                "(captions.zip) or put the file there")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON dict video id -> {{duration, timestamps, sentences}}")
+    video_ids, paragraphs, spans = [], [], {}
+    for video_id, item in data.items():
+        if not isinstance(item, dict) or "sentences" not in item or "duration" not in item:
+            raise ValueError(f"{path}: entry {video_id!r} lacks 'sentences' or 'duration'")
+        sentences = [" ".join(str(s).split()) for s in item["sentences"]]
+        sentences = [s for s in sentences if s]
+        if not sentences:
+            raise ValueError(f"{path}: video {video_id!r} has no sentence")
+        duration = float(item["duration"])
+        if not duration > 0:
+            raise ValueError(f"{path}: video {video_id!r} has duration {item['duration']!r}")
+        video_ids.append(video_id)
+        paragraphs.append(" ".join(sentences))
+        spans[video_id] = (0.0, float(math.ceil(duration)))
+    return SplitAnnotations(benchmark, split, tuple(video_ids), tuple(paragraphs), tuple(range(len(video_ids))),
+                            spans)

@@ -1,0 +1,153 @@
+"""Markdown tables of the results report, from the flat metrics of each evaluation cell.
+
+Paper column order: R@1, R@5, R@10, MdR, MnR for t2v, then for v2t. A re-ranked row shows
+`mean ± std` over the DDIM draws (sample std); a missing value prints as n/a.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from diffusionret.report.paper import PAPER_SOURCE_NOTE, paper_rows
+
+COLUMNS = (("R1", "R@1"), ("R5", "R@5"), ("R10", "R@10"), ("MdR", "MdR"), ("MnR", "MnR"))
+DIRECTIONS = ("t2v", "v2t")
+DSL_MARK = "†"
+# (prefix suffix, label): cumulative rows first, then post-processing of stage 1 alone (separates the effects)
+ROWS = (
+    ("", "Stage 1 (contrastive)"),
+    ("_rerank", "+ diffusion re-ranking (DiffusionRet)"),
+    ("_rerank_qbnorm", "+ re-ranking + QB-Norm"),
+    ("_rerank_dsl", f"+ re-ranking + DSL {DSL_MARK}"),
+    ("_qbnorm", "Stage 1 + QB-Norm"),
+    ("_dsl", f"Stage 1 + DSL {DSL_MARK}"),
+)
+FAITHFUL_SUFFIX = "_faithful"
+OOD_ROWS = (("", "stage 1"), ("_rerank", "+ diffusion re-ranking"))
+
+
+@dataclass
+class CellResult:
+    """What the report knows about one evaluation cell."""
+
+    trained: str
+    evaluated: str
+    metrics: dict[str, float]  # flat, as in eval/<A>__<B>/metrics.json
+    info: dict[str, Any] = field(default_factory=dict)  # eval/<A>__<B>/cell.json
+
+    @property
+    def ood(self) -> bool:
+        return self.trained != self.evaluated
+
+
+def format_value(metrics: dict[str, float | None], key: str) -> str:
+    """`22.0`, `22.2 ± 0.3` when `<key>_std` exists, or `n/a` when the key is missing."""
+    value = metrics.get(key)
+    if value is None:
+        return "n/a"
+    std = metrics.get(f"{key}_std")
+    return f"{value:.1f}" if std is None else f"{value:.1f} ± {std:.1f}"
+
+
+def _table_row(label: str, metrics: dict[str, float | None], prefixes: dict[str, str]) -> str:
+    """One markdown row: label, then the five columns of each direction (prefixes: direction -> prefix)."""
+    cells = [format_value(metrics, f"{prefixes[direction]}/{name}") for direction in DIRECTIONS
+             for name, _ in COLUMNS]
+    return "| " + " | ".join([label, *cells]) + " |"
+
+
+def cell_table(result: CellResult) -> str:
+    """The paper-style table of one cell: our rows, released-grouping rows if any, chance, paper rows."""
+    header = "| | " + " | ".join(f"{direction} {title}" for direction in DIRECTIONS for _, title in COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (1 + len(DIRECTIONS) * len(COLUMNS))]
+    for suffix, label in ROWS:
+        lines.append(_table_row(label, result.metrics, {d: d + suffix for d in DIRECTIONS}))
+    for suffix, label in ROWS:
+        if f"t2v{suffix}{FAITHFUL_SUFFIX}/R1" in result.metrics:
+            lines.append(_table_row(f"{label} [released MSVD grouping]", result.metrics,
+                                    {d: d + suffix + FAITHFUL_SUFFIX for d in DIRECTIONS}))
+    lines.append(_table_row("Chance (random ranking)", result.metrics, {d: "chance" for d in DIRECTIONS}))
+    if not result.ood:  # the paper's numbers are in-domain
+        for label, numbers in paper_rows(result.info.get("source", "")):
+            lines.append(_table_row(label, numbers, {d: d for d in DIRECTIONS}))
+    return "\n".join(lines)
+
+
+def cell_caption(result: CellResult) -> str:
+    """One line under a cell's table: sizes, draws, bank and selection of that cell."""
+    info = result.info
+    draws = info.get("num_samples", 1)
+    parts = [f"{info.get('num_queries', '?')} test captions x {info.get('num_videos', '?')} videos",
+             f"re-ranked rows: mean ± sample std over {draws} DDIM draw(s), seeds {info.get('seeds', '?')}",
+             f"QB-Norm bank: {info.get('bank', {}).get('captions', '?')} training captions / "
+             f"{info.get('bank', {}).get('videos', '?')} training videos of `{result.trained}`",
+             "checkpoints selected on the TEST split (official protocol)" if info.get("selection") == "test"
+             else "checkpoints selected on the validation split"]
+    if info.get("faithful_msvd_grouping") and not info.get("faithful_v2t"):
+        parts.append("released grouping: v2t n/a (it leaves a video without captions)")
+    return "_" + "; ".join(parts) + "._"
+
+
+def ood_grid(results: list[CellResult], trained: list[str], evaluated: list[str], suffix: str) -> str:
+    """Train x eval grid of t2v R@1 for one row (suffix ''=stage 1, '_rerank'), chance in the last row."""
+    by_cell = {(r.trained, r.evaluated): r for r in results}
+    lines = ["| trained \\ evaluated | " + " | ".join(evaluated) + " |", "|---|" + "---|" * len(evaluated)]
+    for source in trained:
+        cells = []
+        for target in evaluated:
+            result = by_cell.get((source, target))
+            text = "n/a" if result is None else format_value(result.metrics, f"t2v{suffix}/R1")
+            cells.append(f"{text} (ID)" if source == target else text)
+        lines.append(f"| {source} | " + " | ".join(cells) + " |")
+    chance = []
+    for target in evaluated:
+        found = next((r for r in results if r.evaluated == target), None)
+        chance.append("n/a" if found is None else format_value(found.metrics, "chance/R1"))
+    lines.append("| chance | " + " | ".join(chance) + " |")
+    return "\n".join(lines)
+
+
+def results_markdown(results: list[CellResult], trained: list[str], evaluated: list[str],
+                     figures: dict[str, list[str]]) -> str:
+    """The whole reports/results.md; `figures` maps a section key (benchmark or cell name) to image paths."""
+    selections = sorted({r.info.get("selection", "val") for r in results})
+    lines = ["# Results", "",
+             "Generated by the `report` stage (`dvc repro report`) from `eval/<trained>__<evaluated>/metrics.json`;"
+             " do not edit by hand.", "",
+             "- Metrics: R@K in percent, MdR/MnR = median/mean rank (1 = first). Ties are pessimistic: the ground "
+             "truth ranks below every other candidate with the same score.",
+             "- Multi-caption test sets: t2v ranks every caption against all videos; v2t ranks caption groups "
+             "scored by the max over the group (CLIP4Clip convention), groups from explicit video ids.",
+             "- Re-ranked rows: mean ± sample standard deviation over the DDIM draws (seeds eval.seed + i).",
+             "- QB-Norm: dynamic inverted softmax with a querybank of the TRAINED benchmark's training captions "
+             "(t2v) / videos (v2t) scored against the test gallery, never test queries; for re-ranked rows the "
+             "bank is re-ranked with the same generator and seed.",
+             f"- {DSL_MARK} DSL (dual softmax over the test queries) is transductive: every score depends on all "
+             "test queries at once, so it does not apply to a single live query.",
+             "- " + ("**Checkpoints selected on the TEST split (official protocol): these numbers are optimistic "
+                     "and not comparable with held-out selection.**" if "test" in selections
+                     else "Checkpoints (stage 1 and stage 2, raw or EMA) selected on the validation split, "
+                          "never on test."),
+             f"- {PAPER_SOURCE_NOTE}", ""]
+    lines += ["## In-distribution", ""]
+    for result in results:
+        if result.ood:
+            continue
+        lines += [f"### {result.evaluated}", "", cell_table(result), "", cell_caption(result), ""]
+        lines += [f"![{path}]({path})" for path in figures.get(f"{result.trained}__{result.evaluated}", [])] + [""]
+    lines += ["## Out-of-distribution", "",
+              "A model trained on one benchmark (rows), evaluated on another's test set with that benchmark's "
+              "max_words / max_frames (columns); (ID) marks in-distribution cells.", ""]
+    for suffix, label in OOD_ROWS:
+        lines += [f"t2v R@1, {label}:", "", ood_grid(results, trained, evaluated, suffix), ""]
+    for result in results:
+        if not result.ood:
+            continue
+        lines += [f"### {result.trained} → {result.evaluated}", "", cell_table(result), "",
+                  cell_caption(result), ""]
+        lines += [f"![{path}]({path})" for path in figures.get(f"{result.trained}__{result.evaluated}", [])] + [""]
+    lines += ["## Training curves", ""]
+    for source in trained:
+        lines += [f"![{path}]({path})" for path in figures.get(source, [])]
+    return "\n".join(lines).rstrip() + "\n"

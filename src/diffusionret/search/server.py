@@ -1,0 +1,146 @@
+"""A small local web server over a Searcher: the page (page.py), thumbnails and a JSON API.
+
+    GET  /                      the search page
+    GET  /api/info              index and checkpoint description
+    GET  /api/search?q=...      one or more `q`; optional top, rerank (0/1), rerank_k, seed, approximate, candidates
+    POST /api/search            the same as JSON: {"queries": [...], "top": 10, "rerank": true, ...}
+    GET  /thumbs/<sha256>.png   the strip of sampled frames of a video
+
+/api/search answers exactly what `diffusionret search --json` prints. Standard library only
+(http.server.ThreadingHTTPServer); it listens on 127.0.0.1 unless told otherwise, and its Content-Security-Policy
+lets the page load nothing but its own files.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+from diffusionret.search.page import ASSETS
+from diffusionret.search.query import DEFAULT_CANDIDATES, DEFAULT_RERANK_K, DEFAULT_TOP, Searcher, results_json
+from diffusionret.search.store import SHA256_PATTERN, thumb_path
+
+MAX_TOP = 1000
+MAX_BODY = 1 << 20
+CSP = "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'"
+TRUE, FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+class BadRequest(ValueError):
+    """A request parameter is missing or malformed."""
+
+
+def parse_settings(raw: dict) -> dict:
+    """Search keyword arguments from request parameters (strings or JSON values), validated."""
+    def integer(name: str, default: int, low: int = 1, high: int | None = None) -> int:
+        value = raw.get(name, default)
+        try:
+            value = int(value)
+        except (TypeError, ValueError):
+            raise BadRequest(f"`{name}` must be an integer, got {value!r}") from None
+        if value < low or (high is not None and value > high):
+            raise BadRequest(f"`{name}` must be in [{low}, {high if high is not None else 'inf'}], got {value}")
+        return value
+
+    def boolean(name: str, default: bool) -> bool:
+        value = raw.get(name, default)
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in TRUE | FALSE:
+            return str(value).lower() in TRUE
+        raise BadRequest(f"`{name}` must be 0/1 or true/false, got {value!r}")
+
+    return {"top": integer("top", DEFAULT_TOP, high=MAX_TOP), "rerank": boolean("rerank", True),
+            "rerank_k": integer("rerank_k", DEFAULT_RERANK_K), "seed": integer("seed", 0, low=0),
+            "approximate": boolean("approximate", False), "candidates": integer("candidates", DEFAULT_CANDIDATES)}
+
+
+class SearchHandler(BaseHTTPRequestHandler):
+    server: "SearchServer"
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        if url.path in ASSETS:
+            content_type, body = ASSETS[url.path]
+            self._send(HTTPStatus.OK, content_type, body.encode())
+        elif url.path == "/api/info":
+            self._json(HTTPStatus.OK, self.server.searcher.info())
+        elif url.path == "/api/search":
+            params = parse_qs(url.query)
+            raw = {key: values[-1] for key, values in params.items() if key != "q"}
+            self._search(params.get("q", []), raw)
+        elif url.path.startswith("/thumbs/"):
+            self._thumb(url.path.removeprefix("/thumbs/"))
+        else:
+            self._json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {url.path}"})
+
+    def do_POST(self) -> None:
+        if urlsplit(self.path).path != "/api/search":
+            self._json(HTTPStatus.NOT_FOUND, {"error": f"POST is only for /api/search, not {self.path}"})
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"request body over {MAX_BODY} bytes"})
+            return
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+        except json.JSONDecodeError as error:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": f"the body is not JSON: {error}"})
+            return
+        if not isinstance(body, dict) or not isinstance(body.get("queries", []), list):
+            self._json(HTTPStatus.BAD_REQUEST, {"error": 'expected {"queries": ["text", ...], ...}'})
+            return
+        self._search(body.get("queries", []), {key: value for key, value in body.items() if key != "queries"})
+
+    def _search(self, queries: list, raw: dict) -> None:
+        try:
+            if not queries or not all(isinstance(query, str) and query.strip() for query in queries):
+                raise BadRequest("give at least one non-empty query (`q=...` or {\"queries\": [...]})")
+            settings = parse_settings(raw)
+            results = self.server.searcher.search(queries, **settings)
+        except (ValueError, RuntimeError) as error:  # bad parameters, or e.g. faiss missing for approximate
+            self._json(HTTPStatus.BAD_REQUEST, {"error": str(error)})
+            return
+        self._json(HTTPStatus.OK, results_json(self.server.searcher, results, settings))
+
+    def _thumb(self, name: str) -> None:
+        sha = name.removesuffix(".png")
+        path = thumb_path(self.server.searcher.index.directory, sha)
+        if not name.endswith(".png") or not SHA256_PATTERN.match(sha) or not path.is_file():
+            self._json(HTTPStatus.NOT_FOUND, {"error": f"no thumbnail {name}"})
+            return
+        self._send(HTTPStatus.OK, "image/png", path.read_bytes(), cache=True)
+
+    def _json(self, status: HTTPStatus, value) -> None:
+        self._send(status, "application/json", json.dumps(value).encode())
+
+    def _send(self, status: HTTPStatus, content_type: str, body: bytes, cache: bool = False) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Security-Policy", CSP)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Cache-Control", "max-age=86400" if cache else "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:
+        if not self.server.quiet:
+            super().log_message(format, *args)
+
+
+class SearchServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer that holds the Searcher its handlers use."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], searcher: Searcher, quiet: bool = False):
+        super().__init__(address, SearchHandler)
+        self.searcher, self.quiet = searcher, quiet
+
+
+def make_server(searcher: Searcher, host: str = "127.0.0.1", port: int = 8765, quiet: bool = False) -> SearchServer:
+    """A server bound to (host, port); port 0 picks a free one (read it from server.server_address)."""
+    return SearchServer((host, port), searcher, quiet)
