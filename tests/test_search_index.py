@@ -36,8 +36,8 @@ def write_model(directory: Path, seed: int) -> Path:
     save_extractor(extractor, directory / "disc", {
         "stage": "disc", "model": {"backbone": "tiny", "temporal": "seqTransf", "temporal_layers": 1, "head": "wti"},
         "data": DATA})
-    save_module(Generator(64, seed=seed).state_dict(), directory / "gen",
-                {"stage": "gen", "width": 64, "frame_temperature": 1.0, "diffusion": {"steps": 10, "schedule": "cosine"}})
+    save_module(Generator(64, seed=seed).state_dict(), directory / "gen", {
+        "stage": "gen", "width": 64, "frame_temperature": 1.0, "diffusion": {"steps": 10, "schedule": "cosine"}})
     return directory
 
 
@@ -168,16 +168,26 @@ def test_reindex_touches_only_added_changed_and_deleted_files(videos, model_dir,
     assert decoded == [] and again.encoded == [] and len(again.unchanged) == again.videos == 7
 
 
-def test_corrupt_file_is_reported_skipped_and_retried_only_once_changed(tmp_path, model_dir, decoded):
+def test_corrupt_file_is_reported_skipped_and_retried_only_once_changed(tmp_path, model_dir, decoded, capsys):
+    from diffusionret.cli import main
+
     root = tmp_path / "videos"
     write_clip(root / "good.mp4", ("red", "circle", "left"), 1)
     (root / "corrupt.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
-    report = index(root, model_dir, tmp_path / "idx")
-    assert [item["path"] for item in report.failed] == ["corrupt.mp4"] and report.failed[0]["error"]
+    assert main(["index", "--videos", str(root), "--model", str(model_dir), "--out", str(tmp_path / "idx"),
+                 "--workers", "1", "--no-progress", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["encoded"] == report["videos"] == 1 and report["failed"] == 1
+    assert [item["path"] for item in report["failures"]] == ["corrupt.mp4"] and report["failures"][0]["error"]
     assert [entry["path"] for entry in load_index(tmp_path / "idx").entries] == ["good.mp4"]
     assert [item["path"] for item in read_manifest(tmp_path / "idx")["failures"]] == ["corrupt.mp4"]
 
     decoded.clear()
+    assert main(["index", "--videos", str(root), "--model", str(model_dir), "--out", str(tmp_path / "idx"),
+                 "--workers", "1", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert decoded == [] and "1 unchanged" in printed and "1 undecodable file(s) skipped" in printed
+    assert "corrupt.mp4: " in printed
     again = index(root, model_dir, tmp_path / "idx")
     assert decoded == [] and [item["path"] for item in again.still_failing] == ["corrupt.mp4"]
 
@@ -239,3 +249,18 @@ def test_other_checkpoint_is_refused_for_updates_and_searches(tmp_path, model_di
     rebuilt = index(root, other, tmp_path / "idx", rebuild=True)
     assert rebuilt.encoded == ["red.mp4"]
     assert json.loads((tmp_path / "idx" / "index.json").read_text())["model"]["dir"] == str(other.resolve())
+
+
+def test_a_loaded_searcher_picks_up_committed_updates(tmp_path, model_dir):
+    from diffusionret.search.query import Searcher
+
+    root = tmp_path / "videos"
+    write_clip(root / "red.mp4", ("red", "circle", "left"), 1)
+    index(root, model_dir, tmp_path / "idx")
+    searcher = Searcher(tmp_path / "idx")
+    assert [hit.path for hit in searcher.search(["a red circle"], top=5, rerank=False)[0].hits] == ["red.mp4"]
+    write_clip(root / "blue.mp4", ("blue", "square", "up"), 2)
+    (root / "red.mp4").unlink()
+    index(root, model_dir, tmp_path / "idx")
+    assert [hit.path for hit in searcher.search(["a red circle"], top=5, rerank=False)[0].hits] == ["blue.mp4"]
+    assert searcher.info()["videos"] == 1

@@ -68,7 +68,7 @@ def train_model(model_dir: Path, clips: list[Path], meanings: list[tuple[str, st
     from diffusionret.losses import contrastive_loss
     from diffusionret.model.checkpoint import save_extractor, save_module
     from diffusionret.model.denoiser import Generator
-    from diffusionret.model.extractor import TextFeatures, VideoFeatures, build_feature_extractor
+    from diffusionret.model.extractor import build_feature_extractor
     from diffusionret.text import tokenize, train_bpe_tokenizer
 
     rng = np.random.default_rng(1)

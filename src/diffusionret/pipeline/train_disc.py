@@ -71,10 +71,12 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
     split = partition(accelerator, settings, "train")
     out_dir, plots_dir = paths.disc_model(name), paths.plots(name)
     train_ann = load_annotations(paths.annotations(name, "train"))
-    val_ann = load_annotations(paths.annotations(name, "val"))
+    selection = params.eval.selection  # "val" (held out); "test" reproduces the official protocol, tagged as such
+    val_ann = load_annotations(paths.annotations(name, selection))
     cache = load_frame_cache(paths.frames(name))
     state = TrainingState(paths.partial("train_disc", name))
-    weights_fingerprint = fingerprint(params.model, settings, bench, params.preprocess, exclude=NOT_AFFECTING_WEIGHTS)
+    weights_fingerprint = fingerprint(params.model, settings, bench, params.preprocess,
+                                      {"selection": params.eval.selection}, exclude=NOT_AFFECTING_WEIGHTS)
 
     tokenizer = prepare_tokenizer(params.model.backbone, params.model.tokenizer_vocab_size, train_ann.captions,
                                   out_dir / "tokenizer", accelerator)
@@ -109,6 +111,7 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
                              "world_size": accelerator.num_processes, "global_batch": settings.global_batch,
                              "per_device_batch": settings.global_batch // accelerator.num_processes,
                              "micro_batches": split.micro_batches, "precision": settings.precision,
+                             "selection": selection,
                              "git_commit": tracking.git_commit(repo_root)},
                        state=state, curve="loss/contrastive")
     with logger:
@@ -128,7 +131,7 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
                 "data": {"max_words": bench.max_words, "max_frames": bench.max_frames, "fps": bench.fps,
                          "image_size": params.preprocess.image_size},
                 "selected": {"source": result.best_source, "step": result.best_step,
-                             "val_t2v_R1": result.best_value, "split": "val"},
+                             "val_t2v_R1": result.best_value, "split": selection},
                 "steps": settings.steps,
             }
             save_extractor(extractor, out_dir, metadata, state=result.best_state)

@@ -61,7 +61,7 @@ def train_gen(name: str, params: Params, paths: Paths, repo_root: Path) -> dict:
     split = partition(accelerator, settings, "train_gen")
     features_dir = paths.features(name, name)
     train_features = load_split_features(features_dir, "train")
-    val_features = load_split_features(features_dir, "val")
+    val_features = load_split_features(features_dir, params.eval.selection)  # "test" only for the official protocol
     extractor, _ = load_extractor(paths.disc_model(name))
     extractor.requires_grad_(False)
     extractor.to(accelerator.device)
@@ -99,9 +99,11 @@ def train_gen(name: str, params: Params, paths: Paths, repo_root: Path) -> dict:
                              "world_size": accelerator.num_processes, "global_batch": settings.global_batch,
                              "per_device_batch": settings.global_batch // accelerator.num_processes,
                              "micro_batches": split.micro_batches, "diffusion_steps": params.diffusion.steps,
+                             "selection": params.eval.selection,
                              "git_commit": tracking.git_commit(repo_root)},
                        state=state, curve="loss/generative", parent_run_id=parent)
-    rerank_settings = {key: getattr(params.eval, key) for key in ("rerank_k", "rerank_temperature", "rerank_alpha", "seed")}
+    rerank_settings = {key: getattr(params.eval, key)
+                       for key in ("rerank_k", "rerank_temperature", "rerank_alpha", "seed", "selection")}
     with logger:
         logger.log_params(flatten(params))
         result = run_training(
@@ -119,7 +121,7 @@ def train_gen(name: str, params: Params, paths: Paths, repo_root: Path) -> dict:
                 "frame_temperature": settings.frame_temperature,
                 "diffusion": {"steps": params.diffusion.steps, "schedule": params.diffusion.schedule},
                 "selected": {"source": result.best_source, "step": result.best_step,
-                             "val_t2v_rerank_R1": result.best_value, "split": "val"},
+                             "val_t2v_rerank_R1": result.best_value, "split": params.eval.selection},
                 "steps_per_second": result.steps_per_second,
             })
             logger.finish(out_dir / "mlflow_run.json", summary={

@@ -14,7 +14,6 @@ each finished batch is saved under work/ and an interrupted run resumes from the
 from __future__ import annotations
 
 import fcntl
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -74,7 +73,8 @@ def _exclusive(index_dir: Path):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise SearchIndexError(f"another `diffusionret index` is updating {index_dir}; wait for it to finish") from None
+            raise SearchIndexError(f"another `diffusionret index` is updating {index_dir}; wait for it to "
+                                   "finish") from None
         yield
 
 

@@ -17,11 +17,13 @@ PAGE_HTML = """<!doctype html>
   <p id="info">loading index information...</p>
 </header>
 <form id="search-form" autocomplete="off">
-  <input id="query" name="q" type="search" placeholder="describe a video, e.g. a red circle moves left" required autofocus>
+  <input id="query" name="q" type="search" required autofocus
+         placeholder="describe a video, e.g. a red circle moves left">
   <label>top <select id="top" name="top">
     <option>5</option><option selected>10</option><option>20</option><option>50</option>
   </select></label>
-  <label title="re-rank the top-k with the diffusion generator"><input id="rerank" type="checkbox" checked> diffusion re-ranking</label>
+  <label title="re-rank the top-k with the diffusion generator">
+    <input id="rerank" type="checkbox" checked> diffusion re-ranking</label>
   <button type="submit">Search</button>
 </form>
 <p id="status" role="status"></p>

@@ -20,12 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from diffusionret.model.extractor import TextFeatures, VideoFeatures
 from diffusionret.search.model import CheckpointMismatchError, Fingerprint, fingerprint_model, load_search_model
-from diffusionret.search.store import SearchIndexError, generation_dir, load_index
+from diffusionret.search.store import MANIFEST, SearchIndexError, generation_dir, load_index
 
 VIDEO_BLOCK = 8192  # videos per call of the similarity head (bounds the head's (V, T, 2D) weight-MLP activations)
 QUERY_BLOCK = 64  # queries per call
@@ -116,23 +115,41 @@ class Searcher:
     """An index and the model that built it, loaded once; `search` is safe to call from several threads."""
 
     def __init__(self, index_dir: Path, model_dir: Path | None = None):
-        self.index = load_index(index_dir)
+        self.index_dir = Path(index_dir)
+        self._open_index()
         manifest = self.index.manifest
         self.model_dir = Path(model_dir) if model_dir is not None else Path(manifest["model"]["dir"])
         if not self.model_dir.is_dir():
             raise SearchIndexError(f"{index_dir} was built with the model in {self.model_dir}, which no longer "
                                    "exists; pass --model with the directory that holds it now")
         fingerprint = fingerprint_model(self.model_dir)
-        check_same_checkpoint(manifest, fingerprint, self.model_dir, Path(index_dir))
+        check_same_checkpoint(manifest, fingerprint, self.model_dir, self.index_dir)
         self.model = load_search_model(self.model_dir, fingerprint=fingerprint,
                                        decoder=manifest["frames"]["decoder"])
         head = self.model.extractor.head
         if hasattr(head, "chunk_size"):
             head.chunk_size = head_chunk_size(self.model.max_words, self.model.frames.max_frames)
+        self._lock = threading.Lock()
+
+    def _open_index(self) -> None:
+        """(Re)load the index's current generation."""
+        self._stamp = _manifest_stamp(self.index_dir)
+        try:
+            self.index = load_index(self.index_dir)
+        except SearchIndexError:  # an update committed between reading the manifest and its arrays: read again
+            self._stamp = _manifest_stamp(self.index_dir)
+            self.index = load_index(self.index_dir)
         self.frames = torch.from_numpy(self.index.features)  # (V, T, D)
         self.mask = torch.from_numpy(self.index.mask)  # (V, T)
         self._prefilter = None
-        self._lock = threading.Lock()
+
+    def refresh(self) -> bool:
+        """Pick up an update that `diffusionret index` committed since loading (a running server sees new videos)."""
+        if _manifest_stamp(self.index_dir) == self._stamp:
+            return False
+        self._open_index()
+        check_same_checkpoint(self.index.manifest, self.model.fingerprint, self.model_dir, self.index_dir)
+        return True
 
     @property
     def num_videos(self) -> int:
@@ -140,6 +157,8 @@ class Searcher:
 
     def info(self) -> dict:
         """What the index holds and which checkpoint built it."""
+        with self._lock:
+            self.refresh()
         manifest = self.index.manifest
         return {"index": str(self.index.directory), "videos": self.num_videos, "videos_root": manifest["videos_root"],
                 "model": manifest["model"], "frames": manifest["frames"], "updated": manifest["updated"],
@@ -170,11 +189,12 @@ class Searcher:
         queries = [query.strip() for query in queries]
         if not queries or any(not query for query in queries):
             raise ValueError("every query must be a non-empty text")
-        if self.num_videos == 0:
-            raise SearchIndexError(f"{self.index.directory} holds no videos; index a folder with videos first")
         if top < 1 or rerank_k < 1 or candidates < 1:
             raise ValueError(f"top, rerank_k and candidates must be >= 1; got {top}, {rerank_k}, {candidates}")
         with self._lock, torch.no_grad():
+            self.refresh()
+            if self.num_videos == 0:
+                raise SearchIndexError(f"{self.index.directory} holds no videos; index a folder with videos first")
             return self._search(queries, top, rerank, rerank_k, seed, temperature, alpha, approximate, candidates)
 
     def _search(self, queries, top, rerank, rerank_k, seed, temperature, alpha, approximate, candidates):
@@ -225,6 +245,15 @@ class Searcher:
                                                                      "stage1": round(stage1_ms, 2),
                                                                      "rerank": round(rerank_ms, 2)}))
         return results
+
+
+def _manifest_stamp(index_dir: Path) -> tuple[int, int] | None:
+    """(modification time, size) of the manifest: it changes whenever an update is committed."""
+    try:
+        stat = (Path(index_dir) / MANIFEST).stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def format_results(results: list[QueryResult]) -> str:

@@ -163,7 +163,8 @@ class WorkDir:
             with np.load(shard) as data:
                 for row, sha in enumerate(data["sha256"]):
                     done[str(sha)] = {"features": data["features"][row], "mask": data["mask"][row],
-                                      "duration_s": float(data["duration_s"][row]), "frames": int(data["mask"][row].sum())}
+                                      "duration_s": float(data["duration_s"][row]),
+                                      "frames": int(data["mask"][row].sum())}
         return done
 
     def save_shard(self, sha256: list[str], features: np.ndarray, mask: np.ndarray, durations: list[float]) -> None:
