@@ -66,7 +66,10 @@ def pipeline(tmp_path_factory):
 
 
 ROW_SUFFIXES = ("", "_rerank", "_qbnorm", "_rerank_qbnorm", "_dsl", "_rerank_dsl")
-CELLS = ("synthetic__synthetic", "synthetic__synthetic-shift")
+CELLS = ("synthetic__synthetic", "synthetic__synthetic-shift", "synthetic__synthetic-textshift")
+OOD_CELLS = CELLS[1:]
+OOD_SCORE_NAMES = ("s1_max", "s1_msp", "s1_energy", "s1_margin", "gen_neg_entropy", "gen_max_prob",
+                   "gen_rank_agreement", "gen_neg_spread")  # two draws: the spread is defined
 
 
 def test_metrics_written_for_every_cell_of_the_ood_grid(pipeline):
@@ -89,6 +92,21 @@ def test_metrics_written_for_every_cell_of_the_ood_grid(pipeline):
             assert curves["t2v"][0, -1] == 100.0  # R@V: every caption finds its video among all 32
         info = json.loads((work / "eval" / cell / "cell.json").read_text())
         assert info["ood"] == (cell != "synthetic__synthetic") and info["bank"]["source"] == "synthetic/train"
+    for cell in CELLS:  # OOD query detection only where trained != evaluated
+        metrics = json.loads((work / "eval" / cell / "metrics.json").read_text())
+        has_ood = any(key.startswith("ood_detect") for key in metrics)
+        assert has_ood == (cell in OOD_CELLS), cell
+        if cell not in OOD_CELLS:
+            continue
+        for name in OOD_SCORE_NAMES:
+            for metric in ("auroc", "aupr", "fpr95", "aurc"):
+                assert 0.0 <= metrics[f"ood_detect/{name}/{metric}"] <= 1.0, (cell, name, metric)
+            for metric in ("auroc", "aupr", "fpr95"):
+                assert 0.0 <= metrics[f"ood_detect_v2t/{name}/{metric}"] <= 1.0, (cell, name, metric)
+        with np.load(work / "eval" / cell / "scores.npz") as scores:
+            assert scores["ood__t2v__id__s1_max"].shape == (32,) and scores["ood__v2t__ood__gen_neg_spread"].shape == (32,)
+        info = json.loads((work / "eval" / cell / "cell.json").read_text())
+        assert info["ood_detect"]["seconds"] > 0 and info["ood_detect"]["gallery"] == "synthetic/test"
     shown = run(["dvc", "metrics", "show", "--json"], work, env).stdout
     assert "t2v/R1" in shown and "v2t_rerank/MnR" in shown and "t2v_rerank_qbnorm/R1_std" in shown
 
@@ -100,12 +118,13 @@ def test_fixed_seed_repeats_the_whole_evaluation(pipeline):
 import json
 from pathlib import Path
 from diffusionret.config import load_params
-from diffusionret.pipeline.evaluate import cell_metrics, score_cell
+from diffusionret.pipeline.evaluate import cell_metrics, ood_metrics, score_cell
 from diffusionret.pipeline.paths import Paths
 params = load_params('params.yaml')
 cell = score_cell('synthetic', 'synthetic-shift', params, Paths(Path.cwd(), params.data))
 metrics, _ = cell_metrics(cell, params.postprocess, chunk_size=params.eval.chunk_size,
                           faithful_msvd_grouping=params.eval.faithful_msvd_grouping)
+metrics.update(ood_metrics(cell.ood)[0])
 print(json.dumps(metrics))
 """
     again = json.loads(run([sys.executable, "-c", script], work, env).stdout.strip().splitlines()[-1])
@@ -120,7 +139,7 @@ def test_report_has_every_table_filled_from_the_runs(pipeline):
     assert "### synthetic\n" in text and "### synthetic → synthetic-shift" in text
     metrics = json.loads((work / "eval" / "synthetic__synthetic-shift" / "metrics.json").read_text())
     tables = [block for block in text.split("\n\n") if block.startswith("| |")]
-    assert len(tables) == 2  # in-distribution synthetic, OOD synthetic -> synthetic-shift
+    assert len(tables) == 3  # in-distribution synthetic, OOD synthetic -> synthetic-shift / -textshift
     for table in tables:
         rows = table.splitlines()[2:]
         assert len(rows) == 7 and not any("n/a" in row for row in rows)  # 6 rows + chance, all measured
@@ -131,8 +150,17 @@ def test_report_has_every_table_filled_from_the_runs(pipeline):
     grid = text.split("t2v R@1, stage 1:\n\n", 1)[1].split("\n\n")[0]
     trained_row = next(line for line in grid.splitlines() if line.startswith("| synthetic |"))
     assert [cell.strip() for cell in trained_row.strip("|").split("|")][2] == f"{metrics['t2v/R1']:.1f}"
+    detection = text.split("## Out-of-distribution query detection", 1)[1].split("\nt2v:\n\n", 1)[1]
+    detection = detection.split("\n\n")[0].splitlines()
+    assert len(detection) == 2 + len(OOD_SCORE_NAMES) + 1  # header, rule, one row per score, random abstention
+    msp = next(line for line in detection if line.startswith("| s1_msp |"))
+    values = [cell.strip().strip("*") for cell in msp.strip("|").split("|")][2:]
+    assert len(values) == 4 * len(OOD_CELLS)  # AUROC / AUPR / FPR95 / AURC per OOD cell
+    assert values[0] == f"{metrics['ood_detect/s1_msp/auroc']:.3f}"
+    assert values[3] == f"{metrics['ood_detect/s1_msp/aurc']:.3f}"
     figures = sorted(path.name for path in (work / "reports" / "figures").glob("*.png"))
     assert figures == sorted([f"{cell}_{kind}.png" for cell in CELLS for kind in ("recall", "ranks")]
+                             + [f"{cell}_ood_{d}.png" for cell in OOD_CELLS for d in ("t2v", "v2t")]
                              + ["synthetic_losses.png"])
     plots = json.loads(run(["dvc", "plots", "show", "--json", "-o", str(work / "dvc_plots")], work, env).stdout)
     images = {name for name, entries in plots["data"].items() if entries[0]["type"] == "image"}
@@ -162,11 +190,11 @@ def test_mlflow_holds_runs_with_loss_curves_and_eval_children(pipeline):
         key = (found.data.tags["eval_benchmark"], found.data.tags["postprocess"])
         assert key not in cells, f"two evaluation runs for {key}"
         cells[key] = found
-    assert set(cells) == {(bench, post) for bench in ("synthetic", "synthetic-shift")
+    assert set(cells) == {(bench, post) for bench in ("synthetic", "synthetic-shift", "synthetic-textshift")
                           for post in ("none", "qbnorm", "dsl")}
     for (bench, post), found in cells.items():
         tags = found.data.tags
-        assert tags["ood"] == str(bench == "synthetic-shift").lower() and tags["train_benchmark"] == "synthetic"
+        assert tags["ood"] == str(bench != "synthetic").lower() and tags["train_benchmark"] == "synthetic"
         assert tags["transductive"] == str(post == "dsl").lower() and tags["selection"] == "val"
         assert tags["mlflow.parentRunId"] == disc.info.run_id
         metrics = json.loads((work / "eval" / f"synthetic__{bench}" / "metrics.json").read_text())
@@ -175,6 +203,12 @@ def test_mlflow_holds_runs_with_loss_curves_and_eval_children(pipeline):
     assert "t2v/R1" in cells[("synthetic", "none")].data.metrics
     assert "v2t_rerank_qbnorm/R1_std" in cells[("synthetic-shift", "qbnorm")].data.metrics
     assert "t2v_dsl/MnR" in cells[("synthetic", "dsl")].data.metrics
+    for bench in ("synthetic-shift", "synthetic-textshift"):  # OOD detection: the none run, with histograms
+        assert "ood_detect/s1_msp/auroc" in cells[(bench, "none")].data.metrics
+        assert "ood_detect_v2t/gen_neg_spread/fpr95" in cells[(bench, "none")].data.metrics
+        assert not any(key.startswith("ood_detect") for key in cells[(bench, "qbnorm")].data.metrics)
+        histograms = {item.path for item in client.list_artifacts(cells[(bench, "none")].info.run_id, "ood_detect")}
+        assert histograms == {f"ood_detect/synthetic__{bench}_ood_{d}.png" for d in ("t2v", "v2t")}
     logged = {item.path for item in client.list_artifacts(disc.info.run_id, "report")}
     assert "report/results.md" in logged and "report/figures" in logged
 
@@ -245,4 +279,5 @@ def test_changing_a_postprocess_param_reruns_only_evaluation(pipeline):
     finally:
         params_path.write_text(original)
     assert {name for name in status if not name.startswith("download")} == {
-        "evaluate@synthetic-synthetic", "evaluate@synthetic-synthetic-shift"}, status
+        "evaluate@synthetic-synthetic", "evaluate@synthetic-synthetic-shift", "evaluate@synthetic-synthetic-textshift"
+    }, status

@@ -23,6 +23,17 @@ and bank matrices: every post-processed row can be recomputed from them), curves
 per row and draw, for the report's plots), cell.json (what was evaluated, how, and the MLflow run ids).
 MLflow: one child run per (cell, postprocess) under A's stage-1 run, tagged eval_benchmark, ood,
 postprocess (none | qbnorm | dsl), transductive, selection.
+
+OOD query detection (only when A != B; `diffusionret.ood`): in-distribution queries are A's test captions
+(t2v) / videos (v2t), OOD queries are B's, all scored by A's frozen head against A's test gallery (A's test
+videos / captions) and re-ranked by A's generator with the same seeds as the cell's draws. That costs one
+extra re-ranking per direction, side and draw (the cell's own draws run against B's gallery, so they cannot
+be reused). Metrics: `ood_detect/<score>/{auroc,aupr,fpr95,aurc}` for t2v and
+`ood_detect_v2t/<score>/{auroc,aupr,fpr95}` for v2t, plus `ood_detect/aurc_random` (= the pooled
+full-coverage risk); AURC pools ID and OOD queries, an OOD query never being right (its video is not in A's
+gallery), an ID query right for the share of draws whose re-ranked top-1 is its video. They go to
+metrics.json and the postprocess=none child run; the per-query scores go to scores.npz
+(`ood__<direction>__<id|ood>__<score>`, `ood__t2v__id_correct`) for the report's histograms.
 """
 
 from __future__ import annotations
@@ -38,11 +49,12 @@ import torch
 from diffusionret import tracking
 from diffusionret.config import Params, PostprocessParams, flatten
 from diffusionret.diffusion import create_diffusion
-from diffusionret.features import load_split_features
+from diffusionret.features import SplitFeatures, load_split_features
 from diffusionret.metrics import (DEFAULT_KS, DEFAULT_TIES, chance_metrics, faithful_msvd_groups, t2v_metrics,
                                   v2t_metrics)
 from diffusionret.model.checkpoint import load_extractor, load_generator
 from diffusionret.model.extractor import TextFeatures, VideoFeatures
+from diffusionret.ood import QueryEvidence, aurc, compute_scores, detection_metrics
 from diffusionret.pipeline.paths import Paths
 from diffusionret.postprocess import dual_softmax, qb_norm
 from diffusionret.rerank import rerank_t2v, rerank_v2t
@@ -55,8 +67,19 @@ POSTPROCESSES = ("none", "qbnorm", "dsl")
 FAITHFUL_SUFFIX = "_faithful"
 REPORTED_KS = DEFAULT_KS
 # the eval.* keys this stage reads (dvc.yaml declares the same list; not benchmarks / batch_size)
+OOD_PREFIXES = {"t2v": "ood_detect", "v2t": "ood_detect_v2t"}  # metric prefix of each direction's detection
+OOD_SIDES = ("id", "ood")
 EVAL_KEYS = ("rerank_k", "rerank_temperature", "rerank_alpha", "rerank_query_batch", "seed", "chunk_size",
              "num_samples", "faithful_msvd_grouping", "selection")
+
+
+@dataclass
+class OodEvidence:
+    """ID (A's test queries) and OOD (B's test queries) evidence against A's test gallery, per direction."""
+
+    evidence: dict[tuple[str, str], QueryEvidence]  # (direction, side) -> evidence; side in OOD_SIDES
+    id_correct: np.ndarray  # (Q_A,) share of draws whose re-ranked t2v top-1 is the ID caption's video
+    seconds: float  # wall time of the extra scoring and re-ranking
 
 
 @dataclass
@@ -74,6 +97,7 @@ class CellScores:
     bank_videos: np.ndarray  # (Nv,) rows of A's training videos in the v2t bank
     caption_video: np.ndarray  # (Q,) gallery index of each test caption's video
     seeds: tuple[int, ...]  # DDIM seed of each draw
+    ood: OodEvidence | None = None  # OOD-detection evidence, only when trained != evaluated
 
     @property
     def num_videos(self) -> int:
@@ -120,6 +144,60 @@ def _similarity(extractor, text: TextFeatures, video: VideoFeatures, chunk_size:
     return torch.cat(rows)
 
 
+def _query_evidence(extractor, generator, diffusion, direction: str, queries: SplitFeatures,
+                    gallery: SplitFeatures, settings, seeds: tuple[int, ...]) -> tuple[QueryEvidence, list[torch.Tensor]]:
+    """Stage-1 scores of `queries` against `gallery` (t2v: captions x videos, v2t: videos x captions), re-ranked
+    with every seed; returns the evidence and the re-ranked matrices (one per draw)."""
+    common = dict(temperature=settings.rerank_temperature, alpha=settings.rerank_alpha,
+                  query_batch=settings.rerank_query_batch)
+    if direction == "t2v":
+        similarity = _similarity(extractor, queries.text, gallery.video, settings.chunk_size)  # (Q, V)
+        k = min(settings.rerank_k, similarity.shape[1])
+        results = [rerank_t2v(similarity, queries.text.sentence, gallery.video.frames, gallery.video.mask,
+                              generator.t2v, diffusion, k=k, seed=seed, **common) for seed in seeds]
+    else:
+        similarity = _similarity(extractor, gallery.text, queries.video, settings.chunk_size).T.contiguous()  # (V, C)
+        k = min(settings.rerank_k, similarity.shape[1])
+        results = [rerank_v2t(similarity, queries.video.frames, queries.video.mask, gallery.text.sentence,
+                              generator.v2t, diffusion, k=k, seed=seed, **common) for seed in seeds]
+    topk = results[0].topk_indices  # (Q, k): set by stage 1 alone, identical in every draw
+    evidence = QueryEvidence(
+        similarity=similarity.numpy(), logit_scale=float(extractor.logit_scale.detach()),
+        stage1_topk=similarity.gather(1, topk).numpy(),
+        reranked_topk=torch.stack([result.scores.gather(1, topk) for result in results]).float().numpy(),
+        probabilities=torch.stack([result.probabilities for result in results]).float().numpy())
+    return evidence, [result.scores for result in results]
+
+
+def top1_correct(draws: list[torch.Tensor], caption_video: np.ndarray) -> np.ndarray:
+    """(Q,) share of draws whose top-1 of a (Q, V) row is the caption's video (ties pessimistic: a tie misses)."""
+    target = torch.as_tensor(caption_video, dtype=torch.long)[:, None]  # (Q, 1)
+    hits = []
+    for scores in draws:
+        truth = scores.gather(1, target)  # (Q, 1)
+        beaten = (scores >= truth).sum(dim=1) > 1  # another candidate scores at least as high
+        hits.append((~beaten).double())
+    return torch.stack(hits).mean(dim=0).numpy()
+
+
+def score_ood(extractor, generator, diffusion, in_dist: SplitFeatures, shifted: SplitFeatures, settings,
+              seeds: tuple[int, ...]) -> OodEvidence:
+    """OOD-detection evidence: A's and B's test queries against A's test gallery, both directions."""
+    import time
+
+    start = time.perf_counter()
+    evidence, id_correct = {}, None
+    with torch.no_grad():
+        for direction in DIRECTIONS:
+            for side, queries in zip(OOD_SIDES, (in_dist, shifted)):
+                found, draws = _query_evidence(extractor, generator, diffusion, direction, queries, in_dist,
+                                               settings, seeds)
+                evidence[(direction, side)] = found
+                if (direction, side) == ("t2v", "id"):
+                    id_correct = top1_correct(draws, np.asarray(in_dist.annotations.caption_video))
+    return OodEvidence(evidence=evidence, id_correct=id_correct, seconds=time.perf_counter() - start)
+
+
 def score_cell(trained: str, evaluated: str, params: Params, paths: Paths) -> CellScores:
     """Stage-1, re-ranked (every draw) and querybank matrices of one (trained, evaluated) cell."""
     test = load_split_features(paths.features(trained, evaluated), "test")
@@ -158,10 +236,15 @@ def score_cell(trained: str, evaluated: str, params: Params, paths: Paths) -> Ce
             bank_v2t_rr.append(rerank_v2t(bank_v2t, bank_video.frames, bank_video.mask, test.text.sentence,
                                           generator.v2t, diffusion, k=k_v2t, seed=seed, **common).scores)
 
+    ood = None
+    if trained != evaluated:  # A's own test split is the in-distribution side and the gallery
+        in_dist = load_split_features(paths.features(trained, trained), "test")
+        ood = score_ood(extractor, generator, diffusion, in_dist, test, settings, seeds)
+
     def stack(matrices: list[torch.Tensor]) -> np.ndarray:
         return torch.stack(matrices).float().numpy()
 
-    return CellScores(stage1=stage1.numpy(), t2v_rerank=stack(t2v), v2t_rerank=stack(v2t),
+    return CellScores(ood=ood, stage1=stage1.numpy(), t2v_rerank=stack(t2v), v2t_rerank=stack(v2t),
                       bank_t2v=bank_t2v.numpy(), bank_t2v_rerank=stack(bank_t2v_rr), bank_v2t=bank_v2t.numpy(),
                       bank_v2t_rerank=stack(bank_v2t_rr), bank_captions=bank_captions, bank_videos=bank_videos,
                       caption_video=np.asarray(test.annotations.caption_video, dtype=np.int64), seeds=seeds)
@@ -260,6 +343,27 @@ def cell_metrics(cell: CellScores, post: PostprocessParams, *, chunk_size: int, 
     return metrics, curves
 
 
+def ood_metrics(ood: OodEvidence) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Detection metrics of every score (both directions) and t2v AURC; plus the per-query scores to store."""
+    metrics: dict[str, float] = {}
+    stored: dict[str, np.ndarray] = {}
+    for direction, prefix in OOD_PREFIXES.items():
+        sides = {side: compute_scores(ood.evidence[(direction, side)]) for side in OOD_SIDES}
+        for name in sides["id"]:
+            for metric, value in detection_metrics(sides["id"][name], sides["ood"][name]).items():
+                metrics[f"{prefix}/{name}/{metric}"] = value
+            for side in OOD_SIDES:
+                stored[f"ood__{direction}__{side}__{name}"] = sides[side][name]
+        if direction == "t2v":  # selective retrieval: pooled queries, an OOD query is never right
+            correct = np.concatenate([ood.id_correct, np.zeros(len(next(iter(sides["ood"].values()))))])
+            for name in sides["id"]:
+                metrics[f"{prefix}/{name}/aurc"] = aurc(np.concatenate([sides["id"][name], sides["ood"][name]]),
+                                                        correct)
+            metrics[f"{prefix}/aurc_random"] = float(1.0 - correct.mean())
+    stored["ood__t2v__id_correct"] = ood.id_correct
+    return metrics, stored
+
+
 def metrics_of_postprocess(metrics: dict[str, float], postprocess: str) -> dict[str, float]:
     """The metrics one MLflow child run holds: those whose prefix has this post-processing."""
     wanted = {direction + suffix for direction in DIRECTIONS for suffix, (name, _) in ROWS.items()
@@ -267,7 +371,7 @@ def metrics_of_postprocess(metrics: dict[str, float], postprocess: str) -> dict[
     out = {}
     for key, value in metrics.items():
         prefix = key.split("/", 1)[0].removesuffix(FAITHFUL_SUFFIX)
-        if prefix in wanted or (postprocess == "none" and prefix in ("chance", "protocol")):
+        if prefix in wanted or (postprocess == "none" and prefix in ("chance", "protocol", *OOD_PREFIXES.values())):
             out[key] = value
     return out
 
@@ -284,13 +388,17 @@ def evaluate_cell(trained: str, evaluated: str, params: Params, paths: Paths, re
     metrics, curves = cell_metrics(cell, post, chunk_size=settings.chunk_size,
                                    faithful_msvd_grouping=settings.faithful_msvd_grouping)
     metrics["protocol/selected_on_test"] = float(settings.selection == "test")
+    ood_stored: dict[str, np.ndarray] = {}
+    if cell.ood is not None:
+        found, ood_stored = ood_metrics(cell.ood)
+        metrics.update(found)
     out_dir = paths.evaluation(trained, evaluated)
     out_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out_dir / "scores.npz", stage1=cell.stage1, t2v_rerank=cell.t2v_rerank,
                         v2t_rerank=cell.v2t_rerank, bank_t2v=cell.bank_t2v, bank_t2v_rerank=cell.bank_t2v_rerank,
                         bank_v2t=cell.bank_v2t, bank_v2t_rerank=cell.bank_v2t_rerank,
                         bank_captions=cell.bank_captions, bank_videos=cell.bank_videos,
-                        caption_video=cell.caption_video, seeds=np.asarray(cell.seeds))
+                        caption_video=cell.caption_video, seeds=np.asarray(cell.seeds), **ood_stored)
     np.savez_compressed(out_dir / "curves.npz", **curves)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
@@ -307,6 +415,11 @@ def evaluate_cell(trained: str, evaluated: str, params: Params, paths: Paths, re
         "postprocess": flatten(post), "rerank": {"k": settings.rerank_k, "temperature": settings.rerank_temperature,
                                                  "alpha": settings.rerank_alpha},
         "diffusion": flatten(params.diffusion), "parent_run": parent, "mlflow_runs": {},
+        "ood_detect": None if cell.ood is None else {
+            "seconds": round(cell.ood.seconds, 2), "gallery": f"{trained}/test",
+            "id_queries": f"{trained}/test", "ood_queries": f"{evaluated}/test",
+            "draws": len(cell.seeds), "scores": sorted({key.split("/")[1] for key in metrics
+                                                        if key.startswith("ood_detect/") and key.count("/") == 2})},
     }
     tracking.configure(params.tracking.tracking_uri, params.tracking.artifact_root, repo_root)
     for postprocess in POSTPROCESSES:

@@ -2,8 +2,10 @@
 
 Reads eval/<A>__<B>/{metrics.json, cell.json, curves.npz} for A in train.benchmarks, B in eval.benchmarks,
 and plots/<A>/{disc,gen}_loss.csv. Writes one paper-style table per in-distribution benchmark, the OOD
-grid and a table per OOD cell, the figures (DVC image plots), and attaches the report and the figures
-of each trained benchmark to its stage-1 MLflow run (artifact folder `report/`).
+grid, the OOD-query-detection tables and a table per OOD cell, the figures (DVC image plots: recall, ranks,
+and for an OOD cell the in- vs out-of-distribution score histograms from scores.npz), and attaches the
+report and the figures of each trained benchmark to its stage-1 MLflow run (artifact folder `report/`);
+the histograms also go to the cell's postprocess=none child run (artifact folder `ood_detect/`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ import numpy as np
 from diffusionret import tracking
 from diffusionret.config import Params
 from diffusionret.pipeline.paths import Paths
-from diffusionret.report.figures import loss_figure, rank_figure, read_loss_csv, recall_figure
-from diffusionret.report.tables import CellResult, results_markdown
+from diffusionret.report.figures import (loss_figure, ood_histogram_figure, rank_figure, read_loss_csv,
+                                         recall_figure)
+from diffusionret.report.tables import OOD_DETECT, CellResult, results_markdown
+
+OOD_KEY = "ood__"  # per-query OOD scores in scores.npz: ood__<direction>__<id|ood>__<score>
 
 
 def load_cell(paths: Paths, trained: str, evaluated: str) -> tuple[CellResult, dict[str, np.ndarray]]:
@@ -32,6 +37,33 @@ def load_cell(paths: Paths, trained: str, evaluated: str) -> tuple[CellResult, d
     with np.load(files["curves.npz"]) as stored:
         curves = {name: stored[name] for name in stored.files}
     return result, curves
+
+
+def load_ood_scores(paths: Paths, trained: str, evaluated: str) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+    """direction -> score -> {"id", "ood"} per-query OOD scores of a cell (empty when it has none)."""
+    path = paths.evaluation(trained, evaluated) / "scores.npz"
+    if not path.is_file():
+        return {}
+    out: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    with np.load(path) as stored:
+        for key in stored.files:
+            parts = key.split("__")
+            if key.startswith(OOD_KEY) and len(parts) == 4:
+                _, direction, side, name = parts
+                out.setdefault(direction, {}).setdefault(name, {})[side] = stored[key]
+    return out
+
+
+def ood_figures(result: CellResult, paths: Paths, figures_dir: Path) -> list[Path]:
+    """The in- vs out-of-distribution histograms of a cell's OOD scores, one PNG per direction."""
+    found = []
+    for direction, scores in load_ood_scores(paths, result.trained, result.evaluated).items():
+        prefix = OOD_DETECT[direction][0]
+        auroc = {name: result.metrics.get(f"{prefix}/{name}/auroc") for name in scores}
+        key = f"{result.trained}__{result.evaluated}"
+        found.append(ood_histogram_figure(scores, f"{result.trained} → {result.evaluated}: {direction} queries",
+                                          figures_dir / f"{key}_ood_{direction}.png", auroc))
+    return found
 
 
 def write_report(params: Params, paths: Paths, out_dir: Path) -> tuple[Path, list[CellResult], dict[str, list[Path]]]:
@@ -53,6 +85,8 @@ def write_report(params: Params, paths: Paths, out_dir: Path) -> tuple[Path, lis
             key, title = f"{source}__{target}", f"{source} → {target}"
             figures[key] = [recall_figure(curves, title, figures_dir / f"{key}_recall.png"),
                             rank_figure(curves, title, figures_dir / f"{key}_ranks.png")]
+            if result.ood:
+                figures[f"{key}_ood"] = ood_figures(result, paths, figures_dir)
     relative = {key: [str(path.relative_to(out_dir)) for path in found] for key, found in figures.items()}
     markdown = out_dir / "results.md"
     markdown.write_text(results_markdown(results, trained, evaluated, relative))
@@ -69,4 +103,9 @@ def build_report(params: Params, paths: Paths, repo_root: Path) -> Path:
                for path in found]
         tracking.log_artifacts_to_run(run_id, [markdown], artifact_path="report")
         tracking.log_artifacts_to_run(run_id, own, artifact_path="report/figures")
+    for result in results:  # the histograms also go to the cell's own child run (postprocess=none)
+        child = result.info.get("mlflow_runs", {}).get("none")
+        histograms = figures.get(f"{result.trained}__{result.evaluated}_ood", [])
+        if child and histograms:
+            tracking.log_artifacts_to_run(child, histograms, artifact_path="ood_detect")
     return markdown

@@ -119,3 +119,31 @@ def rank_figure(curves: dict[str, np.ndarray], title: str, path: Path) -> Path:
         axis.grid(alpha=0.3, axis="y")
     axes[-1].legend(fontsize=8)
     return _save(figure, path)
+
+
+def ood_histogram_figure(scores: dict[str, dict[str, np.ndarray]], title: str, path: Path,
+                         metrics: dict[str, float] | None = None) -> Path:
+    """In- vs out-of-distribution histograms of every OOD score (scores: name -> {"id": (Q,), "ood": (Q',)})."""
+    names = list(scores)
+    columns = min(4, len(names))
+    rows = -(-len(names) // columns)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(3.2 * columns, 2.6 * rows), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for axis, name in zip(axes, names):
+        both = np.concatenate([scores[name]["id"], scores[name]["ood"]])
+        low, high = float(both.min()), float(both.max())
+        bins = np.linspace(low, high if high > low else low + 1.0, 31)
+        for side, label, colour in (("id", "in-distribution", "tab:blue"), ("ood", "out-of-distribution", "tab:red")):
+            axis.hist(scores[name][side], bins=bins, alpha=0.5, color=colour, label=label, density=True)
+        auroc = None if metrics is None else metrics.get(name)
+        axis.set_title(name if auroc is None else f"{name} (AUROC {auroc:.2f})", fontsize=9)
+        axis.tick_params(labelsize=7)
+    for axis in axes[len(names):]:
+        axis.set_axis_off()
+    axes[0].legend(fontsize=7)
+    figure.suptitle(f"{title} (higher = more in-distribution)", fontsize=10)
+    return _save(figure, path)

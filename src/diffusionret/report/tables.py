@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from diffusionret.ood import OOD_SCORES
 from diffusionret.report.paper import PAPER_SOURCE_NOTE, paper_rows
 
 COLUMNS = (("R1", "R@1"), ("R5", "R@5"), ("R10", "R@10"), ("MdR", "MdR"), ("MnR", "MnR"))
@@ -25,6 +26,9 @@ ROWS = (
 )
 FAITHFUL_SUFFIX = "_faithful"
 OOD_ROWS = (("", "stage 1"), ("_rerank", "+ diffusion re-ranking"))
+# direction -> (metric prefix of evaluate's OOD detection, columns shown per OOD cell)
+OOD_DETECT = {"t2v": ("ood_detect", (("auroc", "AUROC"), ("aupr", "AUPR"), ("fpr95", "FPR95"), ("aurc", "AURC"))),
+              "v2t": ("ood_detect_v2t", (("auroc", "AUROC"), ("aupr", "AUPR"), ("fpr95", "FPR95")))}
 
 
 @dataclass
@@ -108,6 +112,71 @@ def ood_grid(results: list[CellResult], trained: list[str], evaluated: list[str]
     return "\n".join(lines)
 
 
+def ood_scores_of(results: list[CellResult], prefix: str) -> list[str]:
+    """Score names with detection metrics under `prefix` in any cell, in OOD_SCORES order (unknown ones last)."""
+    found = {key.split("/")[1] for r in results for key in r.metrics
+             if key.startswith(f"{prefix}/") and key.endswith("/auroc")}
+    return [name for name in OOD_SCORES if name in found] + sorted(found - set(OOD_SCORES))
+
+
+def ood_detection_table(results: list[CellResult], direction: str) -> str:
+    """Rows: OOD scores; columns: AUROC / AUPR / FPR95 (/ AURC for t2v) of each OOD cell; best AUROC in bold."""
+    prefix, columns = OOD_DETECT[direction]
+    cells = [r for r in results if r.ood and any(key.startswith(f"{prefix}/") for key in r.metrics)]
+    names = ood_scores_of(cells, prefix)
+    if not cells or not names:
+        return ""
+    header = "| score | source | " + " | ".join(f"{r.trained} → {r.evaluated} {title}" for r in cells
+                                              for _, title in columns) + " |"
+    lines = [header, "|---|---|" + "---|" * (len(cells) * len(columns))]
+    best = {id(r): max((r.metrics.get(f"{prefix}/{name}/auroc", float("-inf")) for name in names)) for r in cells}
+    for name in names:
+        values = []
+        for r in cells:
+            for metric, _ in columns:
+                value = r.metrics.get(f"{prefix}/{name}/{metric}")
+                text = "n/a" if value is None else f"{value:.3f}"
+                values.append(f"**{text}**" if metric == "auroc" and value is not None and value == best[id(r)]
+                              else text)
+        source = OOD_SCORES[name].source if name in OOD_SCORES else "?"
+        lines.append(f"| {name} | {source} | " + " | ".join(values) + " |")
+    if direction == "t2v":
+        reference = []
+        for r in cells:
+            for metric, _ in columns:
+                value = r.metrics.get(f"{prefix}/aurc_random") if metric == "aurc" else None
+                reference.append("" if metric != "aurc" else "n/a" if value is None else f"{value:.3f}")
+        lines.append("| abstain at random | reference | " + " | ".join(reference) + " |")
+    return "\n".join(lines)
+
+
+def ood_detection_section(results: list[CellResult], figures: dict[str, list[str]]) -> list[str]:
+    """The markdown lines of the OOD-query-detection section (empty when no cell has detection metrics)."""
+    tables = {direction: ood_detection_table(results, direction) for direction in OOD_DETECT}
+    if not any(tables.values()):
+        return []
+    lines = ["## Out-of-distribution query detection", "",
+             "Can a score flag a query from another distribution? In-distribution queries: the trained benchmark's "
+             "test captions (t2v) / videos (v2t); out-of-distribution queries: the evaluated benchmark's, all run "
+             "against the TRAINED benchmark's test gallery and re-ranked with the same DDIM seeds. Every score is "
+             "oriented so that higher = more in-distribution; ID is the positive class. AUROC 0.5 = chance; "
+             "FPR95 = share of OOD queries accepted at the threshold keeping 95% of ID queries (lower is better). "
+             "AURC (lower is better): area under the risk-coverage curve of re-ranked t2v R@1 when the least "
+             "confident queries (pooled ID + OOD, an OOD query never being right) are abstained from. "
+             "stage1 scores use the stage-1 similarities; generator scores use softmax(x0_hat) over the "
+             "re-ranked top-k, averaged over the DDIM draws (spread: std over draws). Bold: best AUROC of a cell.",
+             ""]
+    for name, score in OOD_SCORES.items():
+        lines.append(f"- `{name}` ({score.source}): {score.description}")
+    lines.append("")
+    for direction, table in tables.items():
+        if table:
+            lines += [f"{direction}:", "", table, ""]
+    for r in results:
+        lines += [f"![{path}]({path})" for path in figures.get(f"{r.trained}__{r.evaluated}_ood", [])]
+    return lines + [""]
+
+
 def results_markdown(results: list[CellResult], trained: list[str], evaluated: list[str],
                      figures: dict[str, list[str]]) -> str:
     """The whole reports/results.md; `figures` maps a section key (benchmark or cell name) to image paths."""
@@ -141,6 +210,7 @@ def results_markdown(results: list[CellResult], trained: list[str], evaluated: l
               "max_words / max_frames (columns); (ID) marks in-distribution cells.", ""]
     for suffix, label in OOD_ROWS:
         lines += [f"t2v R@1, {label}:", "", ood_grid(results, trained, evaluated, suffix), ""]
+    lines += ood_detection_section(results, figures)
     for result in results:
         if not result.ood:
             continue
