@@ -30,6 +30,19 @@ NO_DECAY_MODULES: tuple[type[nn.Module], ...] = (
 #### Parameter groups ####
 
 
+def _empty_groups(lr: float, coef_lr: float, weight_decay: float) -> dict[str, dict]:
+    """The four named groups: CLIP at lr * coef_lr or the rest at lr, each with and without weight decay."""
+    return {
+        name: {"name": name, "params": [], "lr": group_lr, "weight_decay": group_wd}
+        for name, group_lr, group_wd in [
+            ("clip_decay", lr * coef_lr, weight_decay),
+            ("clip_no_decay", lr * coef_lr, 0.0),
+            ("other_decay", lr, weight_decay),
+            ("other_no_decay", lr, 0.0),
+        ]
+    }
+
+
 def build_param_groups(
     model: nn.Module, clip_module: nn.Module | None, *, lr: float, coef_lr: float, weight_decay: float
 ) -> list[dict]:
@@ -40,15 +53,7 @@ def build_param_groups(
     empty groups.
     """
     clip_ids = set() if clip_module is None else {id(p) for p in clip_module.parameters()}
-    groups = {
-        name: {"name": name, "params": [], "lr": group_lr, "weight_decay": group_wd}
-        for name, group_lr, group_wd in [
-            ("clip_decay", lr * coef_lr, weight_decay),
-            ("clip_no_decay", lr * coef_lr, 0.0),
-            ("other_decay", lr, weight_decay),
-            ("other_no_decay", lr, 0.0),
-        ]
-    }
+    groups = _empty_groups(lr, coef_lr, weight_decay)
     seen: set[int] = set()
     for module in model.modules():
         for param_name, param in module.named_parameters(recurse=False):
@@ -73,15 +78,7 @@ def faithful_bertadam_param_groups(
 ) -> list[dict]:
     """The official name-based rule: `clip_prefix` in name -> lr * coef_lr; "bias"/"LayerNorm.*" -> no decay."""
     no_decay_markers = ("bias", "LayerNorm.bias", "LayerNorm.weight")
-    groups = {
-        name: {"name": name, "params": [], "lr": group_lr, "weight_decay": group_wd}
-        for name, group_lr, group_wd in [
-            ("clip_decay", lr * coef_lr, weight_decay),
-            ("clip_no_decay", lr * coef_lr, 0.0),
-            ("other_decay", lr, weight_decay),
-            ("other_no_decay", lr, 0.0),
-        ]
-    }
+    groups = _empty_groups(lr, coef_lr, weight_decay)
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
