@@ -18,7 +18,7 @@ export MLFLOW_TRACKING_URI := sqlite:///$(CURDIR)/mlruns.db
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -c "import torch, transformers, decord, av, mlflow, dvc, diffusionret"
 	touch $(STAMP)
 
