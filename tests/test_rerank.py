@@ -36,7 +36,10 @@ class _Constant(nn.Module):
         super().__init__()
         self.value = nn.Parameter(torch.tensor(value))
 
-    def forward(self, x_t, t, *features):
+    def condition(self, *features):
+        return None
+
+    def denoise(self, x_t, t, condition):
         return torch.full_like(x_t, float(self.value))
 
 
@@ -106,13 +109,16 @@ def test_start_noise_of_query_i_is_row_i_of_one_seeded_draw():
     diffusion = create_diffusion(4)
     first_x_t = {}
 
-    def denoise_block(x_t, t, rows, candidates):
-        if int(t[0]) == 3:  # the first DDIM step sees x_T
-            for r, row in enumerate(rows.tolist()):
-                first_x_t[row] = x_t[r].clone()
-        return torch.zeros_like(x_t)
+    def block_denoiser(rows, candidates):
+        def denoise(x_t, t):
+            if int(t[0]) == 3:  # the first DDIM step sees x_T
+                for r, row in enumerate(rows.tolist()):
+                    first_x_t[row] = x_t[r].clone()
+            return torch.zeros_like(x_t)
 
-    rerank_scores(scores, denoise_block, diffusion, k=4, seed=9, query_batch=2)
+        return denoise
+
+    rerank_scores(scores, block_denoiser, diffusion, k=4, seed=9, query_batch=2)
     expected = torch.randn(5, 4, generator=torch.Generator().manual_seed(9))
     assert torch.equal(torch.stack([first_x_t[i] for i in range(5)]), expected)
 
@@ -133,3 +139,32 @@ def test_training_mode_is_restored():
     denoiser = _generator().t2v.train()
     rerank_t2v(scores, sentences, frames, mask, denoiser, create_diffusion(2), k=K, seed=0)
     assert denoiser.training
+
+
+@pytest.mark.parametrize("direction", ["t2v", "v2t"])
+def test_conditioning_once_per_block_equals_the_full_denoiser_at_every_step(direction):
+    """The official loop calls the whole denoiser at each DDIM step; ours prepares the condition once per block."""
+    scores, sentences, frames, mask = _features()
+    generator, diffusion = _generator(), create_diffusion(6)
+    denoiser = generator.t2v if direction == "t2v" else generator.v2t
+    calls = []
+
+    def full_forward_every_step(rows, candidates):
+        def denoise(x_t, t):
+            calls.append(len(rows))
+            if direction == "t2v":
+                return denoiser(x_t, t, sentences[rows], frames[candidates], mask[candidates])
+            return denoiser(x_t, t, sentences[candidates], frames[rows], mask[rows])
+
+        return denoise
+
+    matrix = scores if direction == "t2v" else scores.T.contiguous()
+    official = rerank_scores(matrix, full_forward_every_step, diffusion, k=K, seed=5, query_batch=2)
+    if direction == "t2v":
+        ours = rerank_t2v(matrix, sentences, frames, mask, denoiser, diffusion, k=K, seed=5, query_batch=1000)
+    else:
+        ours = rerank_v2t(matrix, frames, mask, sentences, denoiser, diffusion, k=K, seed=5, query_batch=1000)
+    assert len(calls) == 6 * -(-matrix.shape[0] // 2)  # the reference really ran T steps per 2-query block
+    assert torch.equal(official.topk_indices, ours.topk_indices)
+    assert torch.allclose(official.x0_hat, ours.x0_hat, atol=1e-5, rtol=0)
+    assert not torch.allclose(ours.x0_hat[0], ours.x0_hat[1], atol=1e-3)  # not a constant output

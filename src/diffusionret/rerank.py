@@ -7,6 +7,9 @@ other entries are unchanged; the input matrix is never modified.
 
 Differences from the official loop (on purpose):
 - queries are processed `query_batch` at a time, not in blocks of 32;
+- the step-independent part of the denoiser (frame pooling, projections, the decoder's candidate half:
+  `denoiser.condition`) is computed once per query block, not at each of the T DDIM steps; each step runs only
+  `denoiser.denoise` (the same function regrouped, see model/denoiser.py; equal up to float rounding);
 - the start noise is seeded: the whole (Q, k) x_T is drawn once from `torch.Generator().manual_seed(seed)`
   on the CPU and sliced per block, so a query's noise (hence its result) does not depend on the
   batching or on the device. The official code draws from the global RNG (reference §14.11).
@@ -21,10 +24,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from diffusionret.diffusion import GaussianDiffusion
+from diffusionret.diffusion import DenoiseFn, GaussianDiffusion
 
-# (x_t (b, k), t (b,), rows (b,) query indices, candidates (b, k) candidate indices) -> x0_hat (b, k)
-BlockDenoiseFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (rows (b,) query indices, candidates (b, k) candidate indices) -> the DDIM step function of that block,
+# (x_t (b, k), t (b,)) -> x0_hat (b, k); called once per block, so it can prepare what all T steps share.
+BlockDenoiserFactory = Callable[[torch.Tensor, torch.Tensor], DenoiseFn]
 
 
 @dataclass
@@ -40,7 +44,7 @@ class RerankResult:
 @torch.no_grad()
 def rerank_scores(
     scores: torch.Tensor,
-    denoise_block: BlockDenoiseFn,
+    block_denoiser: BlockDenoiserFactory,
     diffusion: GaussianDiffusion,
     *,
     k: int = 32,
@@ -50,10 +54,10 @@ def rerank_scores(
     query_batch: int = 1024,
     device: torch.device | str | None = None,
 ) -> RerankResult:
-    """Re-rank the top-k of every row of `scores` (Q, C) with DDIM samples from `denoise_block`.
+    """Re-rank the top-k of every row of `scores` (Q, C) with DDIM samples from `block_denoiser`.
 
-    `denoise_block(x_t, t, rows, candidates)` runs the denoiser for a block of queries; `rows` and
-    `candidates` are on `device` (default: the device of `scores`), where the sampling runs.
+    `block_denoiser(rows, candidates)` returns the step function `(x_t, t) -> x0_hat` of a block of queries;
+    `rows` and `candidates` are on `device` (default: the device of `scores`), where the sampling runs.
     """
     if scores.dim() != 2:
         raise ValueError(f"rerank: scores must be a (queries, candidates) matrix, got shape {tuple(scores.shape)}")
@@ -72,12 +76,8 @@ def rerank_scores(
     for start in range(0, num_queries, query_batch):
         rows = torch.arange(start, min(start + query_batch, num_queries), device=device)  # (b,)
         candidates = topk_indices[start : start + query_batch].to(device)  # (b, k)
-
-        def denoise_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return denoise_block(x_t, t, rows, candidates)
-
         x0_hat[start : start + len(rows)] = diffusion.ddim_sample(
-            denoise_fn, (len(rows), k), noise=noise[start : start + query_batch], device=device
+            block_denoiser(rows, candidates), (len(rows), k), noise=noise[start : start + query_batch], device=device
         ).float()
 
     x0_hat = x0_hat.to(scores.device)
@@ -106,11 +106,12 @@ def rerank_t2v(
     device = next(denoiser.parameters()).device
     query_sentence, video_frames, video_mask = query_sentence.to(device), video_frames.to(device), video_mask.to(device)
 
-    def denoise_block(x_t: torch.Tensor, t: torch.Tensor, rows: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    def block_denoiser(rows: torch.Tensor, candidates: torch.Tensor) -> DenoiseFn:
         # query_sentence[rows] (b, D), video_frames[candidates] (b, k, T, D), video_mask[candidates] (b, k, T)
-        return denoiser(x_t, t, query_sentence[rows], video_frames[candidates], video_mask[candidates])
+        condition = denoiser.condition(query_sentence[rows], video_frames[candidates], video_mask[candidates])
+        return lambda x_t, t: denoiser.denoise(x_t, t, condition)
 
-    return _run(scores, denoise_block, denoiser, diffusion, k, temperature, alpha, seed, query_batch, device)
+    return _run(scores, block_denoiser, denoiser, diffusion, k, temperature, alpha, seed, query_batch, device)
 
 
 def rerank_v2t(
@@ -132,11 +133,12 @@ def rerank_v2t(
     device = next(denoiser.parameters()).device
     text_sentence, video_frames, video_mask = text_sentence.to(device), video_frames.to(device), video_mask.to(device)
 
-    def denoise_block(x_t: torch.Tensor, t: torch.Tensor, rows: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    def block_denoiser(rows: torch.Tensor, candidates: torch.Tensor) -> DenoiseFn:
         # text_sentence[candidates] (b, k, D), video_frames[rows] (b, T, D), video_mask[rows] (b, T)
-        return denoiser(x_t, t, text_sentence[candidates], video_frames[rows], video_mask[rows])
+        condition = denoiser.condition(text_sentence[candidates], video_frames[rows], video_mask[rows])
+        return lambda x_t, t: denoiser.denoise(x_t, t, condition)
 
-    return _run(scores, denoise_block, denoiser, diffusion, k, temperature, alpha, seed, query_batch, device)
+    return _run(scores, block_denoiser, denoiser, diffusion, k, temperature, alpha, seed, query_batch, device)
 
 
 def _check_rows(scores: torch.Tensor, num_rows: int, num_columns: int, rows_name: str, columns_name: str) -> None:
@@ -148,7 +150,7 @@ def _check_rows(scores: torch.Tensor, num_rows: int, num_columns: int, rows_name
         )
 
 
-def _run(scores, denoise_block, denoiser, diffusion, k, temperature, alpha, seed, query_batch, device) -> RerankResult:
+def _run(scores, block_denoiser, denoiser, diffusion, k, temperature, alpha, seed, query_batch, device) -> RerankResult:
     """Shared tail of rerank_t2v / rerank_v2t: eval mode for the sampling, restored afterwards."""
     max_timesteps = getattr(denoiser, "max_timesteps", None)
     if max_timesteps is not None and diffusion.num_timesteps > max_timesteps:
@@ -160,7 +162,7 @@ def _run(scores, denoise_block, denoiser, diffusion, k, temperature, alpha, seed
     denoiser.eval()
     try:
         return rerank_scores(
-            scores, denoise_block, diffusion, k=k, temperature=temperature, alpha=alpha, seed=seed,
+            scores, block_denoiser, diffusion, k=k, temperature=temperature, alpha=alpha, seed=seed,
             query_batch=query_batch, device=device,
         )
     finally:
