@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusionret.ood import OOD_SCORES, QueryEvidence
+from diffusionret.evaluation.ood import OOD_SCORES, QueryEvidence
 from diffusionret.pipeline.evaluate import OodEvidence, metrics_of_postprocess, ood_metrics, top1_correct
 from diffusionret.report.tables import CellResult, ood_detection_table, results_markdown
 

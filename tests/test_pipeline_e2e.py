@@ -223,9 +223,9 @@ from diffusionret.model.checkpoint import load_extractor
 from diffusionret.model.extractor import FeatureExtractor
 from diffusionret.data.frames import load_frame_cache
 from diffusionret.data.records import load_annotations
-from diffusionret.encode import encode_captions, encode_videos
-from diffusionret.text import load_tokenizer, tokenize
-from diffusionret.metrics import retrieval_metrics
+from diffusionret.features.encode import encode_captions, encode_videos
+from diffusionret.model.tokenizer import load_tokenizer, tokenize
+from diffusionret.evaluation.metrics import retrieval_metrics
 work = Path({str(work)!r})
 trained, meta = load_extractor(work / 'models/synthetic/disc')
 torch.manual_seed(0)

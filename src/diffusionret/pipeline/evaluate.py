@@ -24,7 +24,7 @@ per row and draw, for the report's plots), cell.json (what was evaluated, how, a
 MLflow: one child run per (cell, postprocess) under A's stage-1 run, tagged eval_benchmark, ood,
 postprocess (none | qbnorm | dsl), transductive, selection.
 
-OOD query detection (only when A != B; `diffusionret.ood`): in-distribution queries are A's test captions
+OOD query detection (only when A != B; `diffusionret.evaluation.ood`): in-distribution queries are A's test captions
 (t2v) / videos (v2t), OOD queries are B's, all scored by A's frozen head against A's test gallery (A's test
 videos / captions) and re-ranked by A's generator with the same seeds as the cell's draws. That costs one
 extra re-ranking per direction, side and draw (the cell's own draws run against B's gallery, so they cannot
@@ -48,16 +48,16 @@ import torch
 
 from diffusionret import tracking
 from diffusionret.config import Params, PostprocessParams, flatten
-from diffusionret.diffusion import create_diffusion
-from diffusionret.features import SplitFeatures, load_split_features
-from diffusionret.metrics import (DEFAULT_KS, DEFAULT_TIES, chance_metrics, faithful_msvd_groups, t2v_metrics,
+from diffusionret.method.diffusion import create_diffusion
+from diffusionret.features.cache import SplitFeatures, load_split_features
+from diffusionret.evaluation.metrics import (DEFAULT_KS, DEFAULT_TIES, chance_metrics, faithful_msvd_groups, t2v_metrics,
                                   v2t_metrics)
 from diffusionret.model.checkpoint import load_extractor, load_generator
 from diffusionret.model.extractor import TextFeatures, VideoFeatures
-from diffusionret.ood import QueryEvidence, aurc, compute_scores, detection_metrics
+from diffusionret.evaluation.ood import QueryEvidence, aurc, compute_scores, detection_metrics
 from diffusionret.pipeline.paths import Paths
-from diffusionret.postprocess import dual_softmax, qb_norm
-from diffusionret.rerank import rerank_t2v, rerank_v2t
+from diffusionret.evaluation.postprocess import dual_softmax, qb_norm
+from diffusionret.method.rerank import rerank_t2v, rerank_v2t
 
 DIRECTIONS = ("t2v", "v2t")
 # row suffix -> (post-processing, re-ranked?); the report's row order

@@ -11,8 +11,8 @@ import torch
 
 from diffusionret import tracking
 from diffusionret.config import Params, StageTrainParams, batch_partition, flatten
-from diffusionret.objectives import Partition
-from diffusionret.train import LoopSettings, TrainingState
+from diffusionret.method.objectives import Partition
+from diffusionret.training.loop import LoopSettings, TrainingState
 
 
 def make_accelerator(precision: str):
@@ -99,7 +99,7 @@ def make_optimizer(settings, model: torch.nn.Module, clip_module: torch.nn.Modul
     `bertadam`: the official recipe (reference §6.2): name-based groups, BertAdam (no bias correction,
     per-tensor clipping) and warm-up/cosine on the global progress.
     """
-    from diffusionret.optim import (build_optimizer, build_param_groups, faithful_bertadam_param_groups,
+    from diffusionret.training.optim import (build_optimizer, build_param_groups, faithful_bertadam_param_groups,
                                     faithful_warmup_cosine_lambda, warmup_cosine_lambda)
 
     if settings.optimizer == "bertadam":

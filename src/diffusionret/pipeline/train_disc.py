@@ -19,16 +19,16 @@ from diffusionret.data.batches import StepBatchSampler
 from diffusionret.data.datasets import CaptionVideoDataset
 from diffusionret.data.frames import FrameCache, load_frame_cache
 from diffusionret.data.records import SplitAnnotations, load_annotations
-from diffusionret.encode import encode_captions, encode_videos
-from diffusionret.metrics import retrieval_metrics
+from diffusionret.features.encode import encode_captions, encode_videos
+from diffusionret.evaluation.metrics import retrieval_metrics
 from diffusionret.model.checkpoint import save_extractor
 from diffusionret.model.extractor import FeatureExtractor, build_feature_extractor
-from diffusionret.objectives import ContrastiveObjective
+from diffusionret.method.objectives import ContrastiveObjective
 from diffusionret.pipeline.paths import Paths
 from diffusionret.pipeline.runs import (RunLogger, fingerprint, loop_settings, make_accelerator, make_optimizer,
                                         partition, seed_everything)
-from diffusionret.text import load_tokenizer, tokenize, train_bpe_tokenizer
-from diffusionret.train import TrainingState, run_training
+from diffusionret.model.tokenizer import load_tokenizer, tokenize, train_bpe_tokenizer
+from diffusionret.training.loop import TrainingState, run_training
 
 
 def prepare_tokenizer(backbone: str, vocab_size: int, train_captions, out_dir: Path, accelerator):

@@ -16,19 +16,19 @@ import torch
 from diffusionret import tracking
 from diffusionret.config import Params, flatten
 from diffusionret.data.batches import global_batch_indices, local_slice
-from diffusionret.diffusion import GaussianDiffusion, create_diffusion
-from diffusionret.features import SplitFeatures, load_split_features, video_keys
-from diffusionret.metrics import retrieval_metrics
+from diffusionret.method.diffusion import GaussianDiffusion, create_diffusion
+from diffusionret.features.cache import SplitFeatures, load_split_features, video_keys
+from diffusionret.evaluation.metrics import retrieval_metrics
 from diffusionret.model.checkpoint import load_extractor, save_module
 from diffusionret.model.denoiser import Generator
 from diffusionret.model.extractor import FeatureExtractor
-from diffusionret.objectives import GenerationObjective
+from diffusionret.method.objectives import GenerationObjective
 from diffusionret.pipeline.paths import Paths
 from diffusionret.pipeline.runs import (RunLogger, fingerprint, loop_settings, make_accelerator, make_optimizer,
                                         partition, seed_everything)
 from diffusionret.pipeline.train_disc import NOT_AFFECTING_WEIGHTS
-from diffusionret.rerank import rerank_t2v
-from diffusionret.train import Progress, TrainingState, run_training
+from diffusionret.method.rerank import rerank_t2v
+from diffusionret.training.loop import Progress, TrainingState, run_training
 
 
 def feature_batch(features: SplitFeatures, keys: torch.Tensor, indices: np.ndarray) -> dict[str, torch.Tensor]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from diffusionret.ood import OOD_SCORES
+from diffusionret.evaluation.ood import OOD_SCORES
 from diffusionret.report.paper import PAPER_SOURCE_NOTE, paper_rows
 
 COLUMNS = (("R1", "R@1"), ("R5", "R@5"), ("R10", "R@10"), ("MdR", "MdR"), ("MnR", "MnR"))

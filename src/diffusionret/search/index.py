@@ -124,7 +124,7 @@ def _encode_round(model: SearchModel, work: WorkDir, videos: dict[str, Path], *,
                   time_limit_s: float, progress: bool) -> dict[str, str]:
     """Decode, encode and save one batch (content hash -> file); returns hash -> error of the undecodable ones."""
     from diffusionret.data.frames import build_frame_cache, load_frame_cache
-    from diffusionret.encode import encode_videos
+    from diffusionret.features.encode import encode_videos
 
     frames = model.frames
     summary = build_frame_cache(videos, work.batch, sample_fps=frames.sample_fps, max_frames=frames.max_frames,

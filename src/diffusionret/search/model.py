@@ -107,9 +107,9 @@ def frame_settings(model_dir: Path, decoder: str = "decord") -> tuple[FrameSetti
 def load_search_model(model_dir: Path, *, with_generator: bool = True, decoder: str = "decord",
                       fingerprint: Fingerprint | None = None) -> SearchModel:
     """Load the extractor, tokenizer and (optionally) the generator + its diffusion from a model directory."""
-    from diffusionret.diffusion import create_diffusion
+    from diffusionret.method.diffusion import create_diffusion
     from diffusionret.model.checkpoint import load_extractor, load_generator
-    from diffusionret.text import load_tokenizer
+    from diffusionret.model.tokenizer import load_tokenizer
 
     model_dir = Path(model_dir)
     check_model_dir(model_dir)

@@ -166,8 +166,8 @@ class Searcher:
 
     def encode_queries(self, queries: list[str]) -> TextFeatures:
         """Token features, mask and sentence feature of each query: (Q, L, D), (Q, L), (Q, D)."""
-        from diffusionret.encode import encode_captions
-        from diffusionret.text import tokenize
+        from diffusionret.features.encode import encode_captions
+        from diffusionret.model.tokenizer import tokenize
 
         ids, mask = tokenize(self.model.tokenizer, queries, self.model.max_words)  # (Q, L)
         return encode_captions(self.model.extractor, ids, mask, QUERY_BLOCK)
@@ -198,7 +198,7 @@ class Searcher:
             return self._search(queries, top, rerank, rerank_k, seed, temperature, alpha, approximate, candidates)
 
     def _search(self, queries, top, rerank, rerank_k, seed, temperature, alpha, approximate, candidates):
-        from diffusionret.rerank import rerank_t2v
+        from diffusionret.method.rerank import rerank_t2v
 
         clock = time.perf_counter()
         text = self.encode_queries(queries)

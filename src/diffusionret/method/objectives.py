@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from diffusionret.losses import contrastive_loss, gather_with_grad
+from diffusionret.method.losses import contrastive_loss, gather_with_grad
 from diffusionret.model.extractor import FeatureExtractor, TextFeatures, VideoFeatures
 
 
@@ -107,7 +107,7 @@ class GenerationObjective(nn.Module):
 
     def backward_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Forward + backward of this process's query rows of the global batch; returns scalars to log."""
-        from diffusionret.generation import stage2_loss
+        from diffusionret.method.losses import stage2_loss
 
         extractor = self._frozen[0]
         gathered = {key: gather_with_grad(value.long() if value.dtype == torch.bool else value).to(value.dtype)

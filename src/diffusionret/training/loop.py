@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from diffusionret.optim import ModelEMA
+from diffusionret.training.optim import ModelEMA
 
 
 class ResumeRefused(RuntimeError):

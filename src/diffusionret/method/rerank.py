@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from diffusionret.diffusion import DenoiseFn, GaussianDiffusion
+from diffusionret.method.diffusion import DenoiseFn, GaussianDiffusion
 
 # (rows (b,) query indices, candidates (b, k) candidate indices) -> the DDIM step function of that block,
 # (x_t (b, k), t (b,)) -> x0_hat (b, k); called once per block, so it can prepare what all T steps share.
