@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
+from diffusionret.evaluation.names import file_metric_key, headline_keys
+
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
@@ -107,8 +109,15 @@ def test_metrics_written_for_every_cell_of_the_ood_grid(pipeline):
             assert scores["ood__t2v__id__s1_max"].shape == (32,) and scores["ood__v2t__ood__gen_neg_spread"].shape == (32,)
         info = json.loads((work / "eval" / cell / "cell.json").read_text())
         assert info["ood_detect"]["seconds"] > 0 and info["ood_detect"]["gallery"] == "synthetic/test"
-    shown = run(["dvc", "metrics", "show", "--json"], work, env).stdout
-    assert "t2v/R1" in shown and "v2t_rerank/MnR" in shown and "t2v_rerank_qbnorm/R1_std" in shown
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], work, env).stdout)
+    for cell in CELLS:  # the DVC metric is the headline file: stage 1 and re-ranked, both directions
+        headline = json.loads((work / "eval" / cell / "headline.json").read_text())
+        full = json.loads((work / "eval" / cell / "metrics.json").read_text())
+        assert set(headline) == set(headline_keys()) and all(headline[key] == full[key] for key in headline)
+    metric_files = {name for entry in shown.values() for name in entry["data"]}
+    assert metric_files == {f"eval/{cell}/headline.json" for cell in CELLS}
+    table = run(["dvc", "metrics", "show"], work, env).stdout
+    print(table)
 
 
 def test_fixed_seed_repeats_the_whole_evaluation(pipeline):
@@ -118,10 +127,11 @@ def test_fixed_seed_repeats_the_whole_evaluation(pipeline):
 import json
 from pathlib import Path
 from diffusionret.config import load_params
-from diffusionret.pipeline.evaluate import cell_metrics, ood_metrics, score_cell
+from diffusionret.evaluation.rows import cell_metrics, ood_metrics
+from diffusionret.pipeline.evaluate import load_and_score
 from diffusionret.pipeline.paths import Paths
 params = load_params('params.yaml')
-cell = score_cell('synthetic', 'synthetic-shift', params, Paths(Path.cwd(), params.data))
+cell = load_and_score('synthetic', 'synthetic-shift', params, Paths(Path.cwd(), params.data))
 metrics, _ = cell_metrics(cell, params.postprocess, chunk_size=params.eval.chunk_size,
                           faithful_msvd_grouping=params.eval.faithful_msvd_grouping)
 metrics.update(ood_metrics(cell.ood)[0])
@@ -198,11 +208,17 @@ def test_mlflow_holds_runs_with_loss_curves_and_eval_children(pipeline):
         assert tags["transductive"] == str(post == "dsl").lower() and tags["selection"] == "val"
         assert tags["mlflow.parentRunId"] == disc.info.run_id
         metrics = json.loads((work / "eval" / f"synthetic__{bench}" / "metrics.json").read_text())
-        for name, value in found.data.metrics.items():  # the same names and values as metrics.json
-            assert metrics[name] == pytest.approx(value), name
+        assert found.info.run_name == f"→ {bench} · {post}"
+        for name, value in found.data.metrics.items():  # metrics.json's values, the post-processing suffix dropped
+            assert metrics[file_metric_key(name, post)] == pytest.approx(value), name
     assert "t2v/R1" in cells[("synthetic", "none")].data.metrics
-    assert "v2t_rerank_qbnorm/R1_std" in cells[("synthetic-shift", "qbnorm")].data.metrics
-    assert "t2v_dsl/MnR" in cells[("synthetic", "dsl")].data.metrics
+    assert "v2t_rerank/R1_std" in cells[("synthetic-shift", "qbnorm")].data.metrics
+    assert "t2v/MnR" in cells[("synthetic", "dsl")].data.metrics
+    names = {post: set(cells[("synthetic", post)].data.metrics) for post in ("none", "qbnorm", "dsl")}
+    assert names["qbnorm"] == names["dsl"] and names["qbnorm"] < names["none"]  # same columns in every run
+    in_distribution = json.loads((work / "eval" / "synthetic__synthetic" / "headline.json").read_text())
+    assert {key.removeprefix("test/"): value for key, value in disc.data.metrics.items()
+            if key.startswith("test/")} == pytest.approx(in_distribution)
     for bench in ("synthetic-shift", "synthetic-textshift"):  # OOD detection: the none run, with histograms
         assert "ood_detect/s1_msp/auroc" in cells[(bench, "none")].data.metrics
         assert "ood_detect_v2t/gen_neg_spread/fpr95" in cells[(bench, "none")].data.metrics

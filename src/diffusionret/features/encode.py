@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from diffusionret.data.frames import FrameCache
+from diffusionret.data.records import SplitAnnotations
 from diffusionret.model.extractor import FeatureExtractor, TextFeatures, VideoFeatures
+
+
+def split_rows(annotations: SplitAnnotations, cache: FrameCache) -> np.ndarray:
+    """Frame-cache row of every video of a split, (V,) int64."""
+    return np.array([cache.row_of[video] for video in annotations.video_ids], dtype=np.int64)
 
 
 @torch.no_grad()

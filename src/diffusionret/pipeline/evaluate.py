@@ -1,0 +1,156 @@
+"""`evaluate` stage: a model trained on A scored on B's test set (one cell of the OOD grid); files and MLflow.
+
+Scoring is `evaluation.cell` (torch), rows and metrics `evaluation.rows` (numpy), key names `evaluation.names`.
+
+Outputs in eval/<A>__<B>/: headline.json (the DVC metric: R@1/5/10, MdR, MnR of stage 1 and re-ranked, both
+directions), metrics.json (every row, flat `<prefix>/<name>` keys), scores.npz (stage-1, re-ranked and bank
+matrices: every post-processed row can be recomputed from them; OOD per-query scores
+`ood__<direction>__<id|ood>__<score>`, `ood__t2v__id_correct`), curves.npz (R@K for every K, per row and draw,
+for the report's plots), cell.json (what was evaluated, how, and the MLflow run ids).
+
+MLflow: one child run per (cell, postprocess) under A's stage-1 run, named `→ <B> · <postprocess>` and tagged
+eval_benchmark, ood, postprocess (none | qbnorm | dsl), transductive, selection. Every child run logs the SAME
+metric names (`t2v/R1`, `t2v_rerank/R1`, ...; the post-processing is the tag), so runs compare column by column;
+OOD-detection and chance metrics go to the postprocess=none run. The in-distribution cell (A = B) also logs its
+headline metrics to the stage-1 run as `test/<key>`, so that run's collapsed row shows results.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from diffusionret import tracking
+from diffusionret.config import Params, flatten
+from diffusionret.evaluation.cell import CellScores, check_selection, draw_seeds, score_cell
+from diffusionret.evaluation.metrics import DEFAULT_TIES
+from diffusionret.evaluation.names import POSTPROCESSES, run_metric_name
+from diffusionret.evaluation.rows import (cell_metrics, faithful_v2t_defined, headline_metrics, metrics_of_postprocess,
+                                         ood_metrics)
+from diffusionret.evaluation.scoring import RerankSettings
+from diffusionret.features.cache import load_split_features
+from diffusionret.method.diffusion import create_diffusion
+from diffusionret.model.checkpoint import load_extractor, load_generator
+from diffusionret.pipeline.paths import Paths
+
+# the eval.* keys this stage reads (dvc.yaml declares the same list; not benchmarks / batch_size)
+EVAL_KEYS = ("rerank_k", "rerank_temperature", "rerank_alpha", "rerank_query_batch", "seed", "chunk_size",
+             "num_samples", "faithful_msvd_grouping", "selection")
+
+
+def rerank_settings(params: Params) -> RerankSettings:
+    """eval.rerank_* and the draws' seeds (eval.seed + i, eval.num_samples of them)."""
+    settings = params.eval
+    return RerankSettings(k=settings.rerank_k, temperature=settings.rerank_temperature, alpha=settings.rerank_alpha,
+                          seeds=draw_seeds(settings.seed, settings.num_samples),
+                          query_batch=settings.rerank_query_batch)
+
+
+def load_and_score(trained: str, evaluated: str, params: Params, paths: Paths) -> CellScores:
+    """Read the cell's features and checkpoints, check how they were made, and score the cell."""
+    test = load_split_features(paths.features(trained, evaluated), "test")
+    train = load_split_features(paths.features(trained, trained), "train")  # the querybank's source
+    extractor, disc_meta = load_extractor(paths.disc_model(trained))
+    generator, gen_meta = load_generator(paths.gen_model(trained))
+    settings, post = params.eval, params.postprocess
+    check_selection(settings.selection, trained, {"disc": disc_meta, "gen": gen_meta})
+    trained_with = gen_meta["diffusion"]
+    if (trained_with["steps"], trained_with["schedule"]) != (params.diffusion.steps, params.diffusion.schedule):
+        raise ValueError(f"the generator of `{trained}` was trained with diffusion {trained_with} but params ask "
+                         f"for steps={params.diffusion.steps}, schedule={params.diffusion.schedule}; evaluate "
+                         f"with the training values or re-run train_gen")
+    diffusion = create_diffusion(params.diffusion.steps, params.diffusion.schedule)
+    in_dist = load_split_features(paths.features(trained, trained), "test") if trained != evaluated else None
+    return score_cell(extractor, generator, diffusion, test, train, rerank=rerank_settings(params),
+                      chunk_size=settings.chunk_size, bank_size=post.qbnorm_bank_size,
+                      bank_seed=post.qbnorm_bank_seed, in_dist=in_dist)
+
+
+def write_json(path: Path, values: dict) -> None:
+    path.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+
+
+def describe_cell(trained: str, evaluated: str, cell: CellScores, metrics: dict[str, float], params: Params,
+                  parent: dict) -> dict:
+    """cell.json: what was evaluated, how (draws, ties, bank, post-processing, re-ranking), and where it went."""
+    settings, post = params.eval, params.postprocess
+    return {
+        "trained": trained, "evaluated": evaluated, "ood": trained != evaluated,
+        "source": params.benchmark(evaluated).source,
+        "selection": settings.selection, "num_samples": settings.num_samples, "seeds": list(cell.seeds),
+        "ties": DEFAULT_TIES, "faithful_msvd_grouping": settings.faithful_msvd_grouping,
+        "faithful_v2t": settings.faithful_msvd_grouping and faithful_v2t_defined(cell.caption_video, cell.num_videos),
+        "num_queries": int(cell.stage1.shape[0]), "num_videos": cell.num_videos,
+        "bank": {"captions": int(len(cell.bank_captions)), "videos": int(len(cell.bank_videos)),
+                 "source": f"{trained}/train"},
+        "postprocess": flatten(post), "rerank": {"k": settings.rerank_k, "temperature": settings.rerank_temperature,
+                                                 "alpha": settings.rerank_alpha},
+        "diffusion": flatten(params.diffusion), "parent_run": parent, "mlflow_runs": {},
+        "ood_detect": None if cell.ood is None else {
+            "seconds": round(cell.ood.seconds, 2), "gallery": f"{trained}/test",
+            "id_queries": f"{trained}/test", "ood_queries": f"{evaluated}/test",
+            "draws": len(cell.seeds), "scores": sorted({key.split("/")[1] for key in metrics
+                                                        if key.startswith("ood_detect/") and key.count("/") == 2})},
+    }
+
+
+def log_runs(trained: str, evaluated: str, cell: CellScores, metrics: dict[str, float], params: Params,
+             parent: dict, out_dir: Path, repo_root: Path) -> dict[str, str]:
+    """One MLflow child run per post-processing (same metric names in each); returns postprocess -> run id."""
+    settings, post = params.eval, params.postprocess
+    ood = trained != evaluated
+    tracking.configure(params.tracking.tracking_uri, params.tracking.artifact_root, repo_root)
+    run_ids = {}
+    for postprocess in POSTPROCESSES:
+        tags = {"stage": "evaluate", "train_benchmark": trained, "eval_benchmark": evaluated,
+                "ood": str(ood).lower(), "postprocess": postprocess,
+                "transductive": str(postprocess == "dsl").lower(), "selection": settings.selection,
+                "protocol": "official: checkpoints selected on test" if settings.selection == "test"
+                else "checkpoints selected on val", "num_samples": settings.num_samples,
+                "faithful_msvd_grouping": str(settings.faithful_msvd_grouping).lower(), "split": "test",
+                "dvc_stage": f"evaluate@{trained}-{evaluated}", "git_commit": tracking.git_commit(repo_root)}
+        with tracking.start_run(experiment=parent["experiment"], tags=tags, parent_run_id=parent["run_id"],
+                                run_name=f"→ {evaluated} · {postprocess}"):
+            tracking.log_params({**{f"eval.{key}": getattr(settings, key) for key in EVAL_KEYS},
+                                 **{f"postprocess.{key}": value for key, value in flatten(post).items()},
+                                 "bank.captions": len(cell.bank_captions), "bank.videos": len(cell.bank_videos)})
+            tracking.log_metrics({run_metric_name(key): value
+                                  for key, value in metrics_of_postprocess(metrics, postprocess).items()})
+            run_ids[postprocess] = tracking.active_run_id()
+            if postprocess == "none":
+                tracking.log_artifacts([out_dir / "metrics.json", out_dir / "headline.json"])
+    if not ood:  # the stage-1 run's collapsed row shows its in-distribution test results
+        with tracking.start_run(experiment=parent["experiment"], run_name="", tags={},
+                                resume_run_id=parent["run_id"]):
+            tracking.log_metrics({f"test/{key}": value for key, value in headline_metrics(metrics).items()})
+    return run_ids
+
+
+def evaluate_cell(trained: str, evaluated: str, params: Params, paths: Paths, repo_root: Path) -> dict:
+    """Score, write headline.json / metrics.json / scores.npz / curves.npz / cell.json, and log to MLflow."""
+    settings = params.eval
+    cell = load_and_score(trained, evaluated, params, paths)
+    metrics, curves = cell_metrics(cell, params.postprocess, chunk_size=settings.chunk_size,
+                                   faithful_msvd_grouping=settings.faithful_msvd_grouping)
+    metrics["protocol/selected_on_test"] = float(settings.selection == "test")
+    ood_stored: dict[str, np.ndarray] = {}
+    if cell.ood is not None:
+        found, ood_stored = ood_metrics(cell.ood)
+        metrics.update(found)
+    out_dir = paths.evaluation(trained, evaluated)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out_dir / "scores.npz", stage1=cell.stage1, t2v_rerank=cell.t2v_rerank,
+                        v2t_rerank=cell.v2t_rerank, bank_t2v=cell.bank_t2v, bank_t2v_rerank=cell.bank_t2v_rerank,
+                        bank_v2t=cell.bank_v2t, bank_v2t_rerank=cell.bank_v2t_rerank,
+                        bank_captions=cell.bank_captions, bank_videos=cell.bank_videos,
+                        caption_video=cell.caption_video, seeds=np.asarray(cell.seeds), **ood_stored)
+    np.savez_compressed(out_dir / "curves.npz", **curves)
+    write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / "headline.json", headline_metrics(metrics))
+    parent = tracking.read_run_reference(paths.disc_model(trained) / "mlflow_run.json")
+    description = describe_cell(trained, evaluated, cell, metrics, params, parent)
+    description["mlflow_runs"] = log_runs(trained, evaluated, cell, metrics, params, parent, out_dir, repo_root)
+    write_json(out_dir / "cell.json", description)
+    return metrics
