@@ -120,12 +120,26 @@ def stage2_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L_gen = CE_t2v + CE_v2t for one batch (reference §8.2); returns (loss, detached per-direction terms).
 
-    sentence (B, D), frames (B, T, D), frame_mask (B, T): frozen stage-1 features of the B pairs (they
-    are detached here); similarity (B, B) their stage-1 scores (rows = texts). Random draws, all from
-    `generator_rng` in this order: t (B,) shared by both directions, then the t2v noise, then the v2t noise.
-    `rows` restricts the denoisers (and the loss) to those query rows, with every draw still made for the
-    whole batch: the returned loss is then (sum of the rows' CE terms) / B, so summing it over a partition of
-    the rows gives exactly the full-batch loss (how processes and micro-batches split the work).
+    Random draws, all from `generator_rng` in this order: t (B,) shared by both directions, then the t2v noise,
+    then the v2t noise (each (B, 1+K)).
+
+    Args:
+        generator: the two denoisers (`generator.t2v`, `generator.v2t`), the only trainable part.
+        diffusion: the noise schedule (`q_sample`, `sample_timesteps`); its steps must fit the denoisers' table.
+        sentence: (B, D) frozen sentence features of the B captions (detached here).
+        frames: (B, T, D) frozen frame features of the B videos (detached here).
+        frame_mask: (B, T) 0/1 valid-frame mask.
+        similarity: (B, B) stage-1 scores of the batch, rows = texts; they pick each query's hard negatives.
+        video_keys: (B,) int64 video id of each pair; same-video items are never negatives (see
+            `select_candidates`).
+        num_negatives: K, negatives per query, 1 <= K <= B - 1.
+        temperature_inv: 1 / tau_g of the CE over x0_hat (100 in the official code).
+        generator_rng: the torch.Generator of every random draw (t and both noises).
+        positive_value: x0 entry of the positive (index 0).
+        negative_value: x0 entry of each negative (0, or -1 for the `--neg -1` variant).
+        rows: restricts the denoisers (and the loss) to those query rows, every draw still made for the whole
+            batch: the loss is then (sum of the rows' CE terms) / B, so summing it over a partition of the rows
+            gives exactly the full-batch loss (how processes and micro-batches split the work). None = all rows.
     """
     if diffusion.num_timesteps > generator.max_timesteps:
         raise ValueError(
