@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from diffusionret.data import frames as frames_module
+from diffusionret.search import index as index_module
 from diffusionret.data.frames import read_video_frames
 from diffusionret.data.synthetic import render_video, write_mp4
 from diffusionret.search.index import build_index
@@ -77,7 +78,7 @@ def decoded(monkeypatch) -> list[str]:
         calls.extend(Path(path).name for path in videos.values())
         return real(videos, *args, **kwargs)
 
-    monkeypatch.setattr(frames_module, "build_frame_cache", spy)
+    monkeypatch.setattr(index_module, "build_frame_cache", spy)  # where search/index.py looks it up
     return calls
 
 
