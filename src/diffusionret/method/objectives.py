@@ -11,7 +11,7 @@ full-batch gradient (the contrastive loss over the global batch does not depend 
 query's hardest negatives; both denoisers predict x0 from a noised one-hot (reference §5, §8.2). Every
 process draws the same noise for the whole global batch and back-propagates only its own query rows.
 
-Both scale their loss so that AVERAGING the gradients over processes (train.py) gives the gradient of the
+Both scale their loss so that AVERAGING the gradients over processes (training/loop.py) gives the gradient of the
 global-batch loss, whatever the number of processes or micro-batches.
 """
 

@@ -88,7 +88,7 @@ def query_slice(text: TextFeatures, row: int) -> TextFeatures:
 
 
 def descending(scores: torch.Tensor) -> torch.Tensor:
-    """Indices by descending score, ties by lower index (stable), as rerank.py selects its top-k."""
+    """Indices by descending score, ties by lower index (stable), as method/rerank.py selects its top-k."""
     return scores.argsort(descending=True, stable=True)
 
 
@@ -219,7 +219,7 @@ class Searcher:
             clock = time.perf_counter()
             final = stage1
             if rerank:
-                short_list = VideoFeatures(frames=self.frames[videos], mask=self.mask[videos])  # (m, T, D)
+                short_list = VideoFeatures(frames=self.frames, mask=self.mask)[videos]  # (m, T, D)
                 final = score_queries(score_fn, query_slice(text, q), short_list, direction="t2v",
                                       query_block=QUERY_BLOCK, generator=self.model.generator,
                                       diffusion=self.model.diffusion, stage1=stage1[None, :],
