@@ -22,8 +22,8 @@ from typing import Callable
 import torch
 
 from diffusionret.method.diffusion import create_diffusion
-from diffusionret.model.denoiser import Generator
 from diffusionret.method.rerank import rerank_scores, rerank_t2v
+from diffusionret.model.denoiser import Generator
 
 
 def main() -> None:

@@ -19,9 +19,9 @@ import torch
 
 from diffusionret.config import TrainGenParams
 from diffusionret.method.diffusion import create_diffusion
+from diffusionret.method.objectives import GenerationObjective
 from diffusionret.model.denoiser import Generator
 from diffusionret.model.extractor import build_feature_extractor
-from diffusionret.method.objectives import GenerationObjective
 
 
 def main() -> None:

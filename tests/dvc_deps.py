@@ -171,8 +171,8 @@ def params_read(path: Path) -> set[str]:
                 logged.update(id(arg) for arg in node.args if isinstance(arg, ast.Name) and arg.id == "params")
             if isinstance(node, ast.Assign) and len(node.targets) == 1:
                 targets, values = node.targets[0], node.value
-                pairs = (zip(targets.elts, values.elts) if isinstance(targets, ast.Tuple) and isinstance(values, ast.Tuple)
-                         else [(targets, values)])
+                both_tuples = isinstance(targets, ast.Tuple) and isinstance(values, ast.Tuple)
+                pairs = zip(targets.elts, values.elts) if both_tuples else [(targets, values)]
                 for target, value in pairs:
                     chain = _chain(value)
                     if isinstance(target, ast.Name) and chain and chain[0] == "params" and len(chain) > 1:

@@ -11,9 +11,9 @@ import torch
 
 from diffusionret.config import TrainGenParams
 from diffusionret.method.diffusion import create_diffusion
+from diffusionret.method.objectives import ContrastiveObjective, GenerationObjective, Partition
 from diffusionret.model.denoiser import Generator
 from diffusionret.model.extractor import build_feature_extractor
-from diffusionret.method.objectives import ContrastiveObjective, GenerationObjective, Partition
 from diffusionret.training.loop import average_gradients
 
 GLOBAL_BATCH, WORDS, FRAMES = 8, 6, 3

@@ -235,13 +235,13 @@ def test_trained_model_beats_the_untrained_one(pipeline):
     script = f"""
 import json, numpy as np, torch
 from pathlib import Path
-from diffusionret.model.checkpoint import load_extractor
-from diffusionret.model.extractor import FeatureExtractor
 from diffusionret.data.frames import load_frame_cache
 from diffusionret.data.records import load_annotations
-from diffusionret.features.encode import encode_captions, encode_videos
-from diffusionret.model.tokenizer import load_tokenizer, tokenize
 from diffusionret.evaluation.metrics import retrieval_metrics
+from diffusionret.features.encode import encode_captions, encode_videos
+from diffusionret.model.checkpoint import load_extractor
+from diffusionret.model.extractor import FeatureExtractor
+from diffusionret.model.tokenizer import load_tokenizer, tokenize
 work = Path({str(work)!r})
 trained, meta = load_extractor(work / 'models/synthetic/disc')
 torch.manual_seed(0)

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from diffusionret.method.diffusion import create_diffusion
-from diffusionret.model.denoiser import Generator
 from diffusionret.method.rerank import rerank_scores, rerank_t2v, rerank_v2t
+from diffusionret.model.denoiser import Generator
 
 Q, V, T, D, K = 7, 9, 2, 8, 3
 

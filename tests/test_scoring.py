@@ -1,4 +1,4 @@
-"""The one scoring path (evaluation/scoring.py), feature containers, and the metric-name contract (evaluation/names.py)."""
+"""The one scoring path (evaluation/scoring.py), feature containers, the metric-name contract (evaluation/names.py)."""
 
 import numpy as np
 import pytest

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from diffusionret.data import frames as frames_module
-from diffusionret.search import index as index_module
 from diffusionret.data.frames import read_video_frames
 from diffusionret.data.synthetic import render_video, write_mp4
+from diffusionret.search import index as index_module
 from diffusionret.search.index import build_index
 from diffusionret.search.model import CheckpointMismatchError
 from diffusionret.search.store import SearchIndexError, load_index, read_manifest, thumb_path

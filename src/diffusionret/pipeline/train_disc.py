@@ -21,14 +21,14 @@ from diffusionret.data.records import SplitAnnotations, load_annotations
 from diffusionret.evaluation.metrics import recall_metrics
 from diffusionret.evaluation.scoring import score_queries
 from diffusionret.features.encode import encode_captions, encode_videos, split_rows
+from diffusionret.method.objectives import ContrastiveObjective
 from diffusionret.model.backbone import NAMED_CLIP_CONFIGS
 from diffusionret.model.checkpoint import save_extractor
 from diffusionret.model.extractor import FeatureExtractor, build_feature_extractor
-from diffusionret.method.objectives import ContrastiveObjective
-from diffusionret.pipeline.paths import Paths
-from diffusionret.pipeline.runs import (NOT_AFFECTING_WEIGHTS, RunLogger, fingerprint, loop_settings, make_accelerator, make_optimizer,
-                                        partition, seed_everything)
 from diffusionret.model.tokenizer import load_tokenizer, tokenize, train_bpe_tokenizer
+from diffusionret.pipeline.paths import Paths
+from diffusionret.pipeline.runs import (NOT_AFFECTING_WEIGHTS, RunLogger, fingerprint, loop_settings, make_accelerator,
+                                        make_optimizer, partition, seed_everything)
 from diffusionret.training.loop import TrainingState, run_training
 
 

@@ -16,17 +16,17 @@ import torch
 from diffusionret import tracking
 from diffusionret.config import Params, flatten
 from diffusionret.data.batches import global_batch_indices, local_slice
-from diffusionret.method.diffusion import GaussianDiffusion, create_diffusion
-from diffusionret.features.cache import SplitFeatures, load_split_features, video_keys
 from diffusionret.evaluation.metrics import recall_metrics
 from diffusionret.evaluation.scoring import RerankSettings, score_queries
+from diffusionret.features.cache import SplitFeatures, load_split_features, video_keys
+from diffusionret.method.diffusion import GaussianDiffusion, create_diffusion
+from diffusionret.method.objectives import GenerationObjective
 from diffusionret.model.checkpoint import load_extractor, save_module
 from diffusionret.model.denoiser import Generator
 from diffusionret.model.extractor import FeatureExtractor
-from diffusionret.method.objectives import GenerationObjective
 from diffusionret.pipeline.paths import Paths
-from diffusionret.pipeline.runs import (NOT_AFFECTING_WEIGHTS, RunLogger, fingerprint, loop_settings, make_accelerator, make_optimizer,
-                                        partition, seed_everything)
+from diffusionret.pipeline.runs import (NOT_AFFECTING_WEIGHTS, RunLogger, fingerprint, loop_settings, make_accelerator,
+                                        make_optimizer, partition, seed_everything)
 from diffusionret.training.loop import Progress, TrainingState, run_training
 
 

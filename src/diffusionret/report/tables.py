@@ -36,8 +36,9 @@ def _row_order(suffix: str) -> tuple[bool, int]:
 ROWS = tuple((suffix, row_label(*EVALUATED_ROWS[suffix])) for suffix in sorted(EVALUATED_ROWS, key=_row_order))
 OOD_ROWS = (("", "stage 1"), ("_rerank", "+ diffusion re-ranking"))
 # direction -> (metric prefix of evaluate's OOD detection, columns shown per OOD cell)
-OOD_DETECT = {"t2v": (OOD_PREFIXES["t2v"], (("auroc", "AUROC"), ("aupr", "AUPR"), ("fpr95", "FPR95"), ("aurc", "AURC"))),
-              "v2t": (OOD_PREFIXES["v2t"], (("auroc", "AUROC"), ("aupr", "AUPR"), ("fpr95", "FPR95")))}
+DETECTION_COLUMNS = (("auroc", "AUROC"), ("aupr", "AUPR"), ("fpr95", "FPR95"))
+OOD_DETECT = {"t2v": (OOD_PREFIXES["t2v"], DETECTION_COLUMNS + (("aurc", "AURC"),)),
+              "v2t": (OOD_PREFIXES["v2t"], DETECTION_COLUMNS)}
 
 
 @dataclass

@@ -166,7 +166,7 @@ class Searcher:
     def prefilter(self):
         """The faiss pre-filter of this index generation (built on first use, cached next to the features)."""
         if self._prefilter is None:
-            from diffusionret.search.ann import FaissPrefilter  # lazy: faiss is optional, needed only with --approximate
+            from diffusionret.search.ann import FaissPrefilter  # lazy: faiss is optional (--approximate only)
 
             folder = generation_dir(self.index.directory, self.index.manifest["generation"])
             self._prefilter = FaissPrefilter(self.index.features, self.index.mask,
