@@ -110,14 +110,17 @@ def test_metrics_written_for_every_cell_of_the_ood_grid(pipeline):
         info = json.loads((work / "eval" / cell / "cell.json").read_text())
         assert info["ood_detect"]["seconds"] > 0 and info["ood_detect"]["gallery"] == "synthetic/test"
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], work, env).stdout)
-    for cell in CELLS:  # the DVC metric is the headline file: stage 1 and re-ranked, both directions
-        headline = json.loads((work / "eval" / cell / "headline.json").read_text())
+    rows = ("t2v", "t2v_rerank", "v2t", "v2t_rerank")
+    for cell in CELLS:  # the DVC metric is the headline: stage 1 and re-ranked, both directions, a file per row
         full = json.loads((work / "eval" / cell / "metrics.json").read_text())
-        assert set(headline) == set(headline_keys()) and all(headline[key] == full[key] for key in headline)
+        for row in rows:
+            headline = json.loads((work / "eval" / cell / "headline" / f"{row}.json").read_text())
+            assert headline == {name: full[f"{row}/{name}"] for name in ("R1", "R5", "R10", "MdR", "MnR")}
     metric_files = {name for entry in shown.values() for name in entry["data"]}
-    assert metric_files == {f"eval/{cell}/headline.json" for cell in CELLS}
-    table = run(["dvc", "metrics", "show"], work, env).stdout
-    print(table)
+    assert metric_files == {f"eval/{cell}/headline/{row}.json" for cell in CELLS for row in rows}
+    table = run(["dvc", "metrics", "show"], work, env).stdout.splitlines()
+    assert table[0].split() == ["Path", "MdR", "MnR", "R1", "R10", "R5"] and len(table) == 1 + len(metric_files)
+    assert max(len(line) for line in table) <= 120, "dvc metrics show must fit a terminal"
 
 
 def test_fixed_seed_repeats_the_whole_evaluation(pipeline):
@@ -216,9 +219,9 @@ def test_mlflow_holds_runs_with_loss_curves_and_eval_children(pipeline):
     assert "t2v/MnR" in cells[("synthetic", "dsl")].data.metrics
     names = {post: set(cells[("synthetic", post)].data.metrics) for post in ("none", "qbnorm", "dsl")}
     assert names["qbnorm"] == names["dsl"] and names["qbnorm"] < names["none"]  # same columns in every run
-    in_distribution = json.loads((work / "eval" / "synthetic__synthetic" / "headline.json").read_text())
+    in_distribution = json.loads((work / "eval" / "synthetic__synthetic" / "metrics.json").read_text())
     assert {key.removeprefix("test/"): value for key, value in disc.data.metrics.items()
-            if key.startswith("test/")} == pytest.approx(in_distribution)
+            if key.startswith("test/")} == pytest.approx({key: in_distribution[key] for key in headline_keys()})
     for bench in ("synthetic-shift", "synthetic-textshift"):  # OOD detection: the none run, with histograms
         assert "ood_detect/s1_msp/auroc" in cells[(bench, "none")].data.metrics
         assert "ood_detect_v2t/gen_neg_spread/fpr95" in cells[(bench, "none")].data.metrics

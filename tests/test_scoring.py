@@ -8,7 +8,7 @@ from diffusionret.config import PostprocessParams
 from diffusionret.evaluation.cell import CellScores
 from diffusionret.evaluation.names import (ROWS, file_metric_key, headline_keys, postprocess_of, run_metric_name,
                                            split_key)
-from diffusionret.evaluation.rows import cell_metrics, headline_metrics, metrics_of_postprocess
+from diffusionret.evaluation.rows import cell_metrics, headline_files, headline_metrics, metrics_of_postprocess
 from diffusionret.evaluation.scoring import RerankSettings, block_similarity, score_queries
 from diffusionret.method.diffusion import create_diffusion
 from diffusionret.model.denoiser import Generator
@@ -130,3 +130,7 @@ def test_headline_is_stage1_and_reranked_in_both_directions():
     assert {key.split("/")[0] for key in headline} == {"t2v", "t2v_rerank", "v2t", "v2t_rerank"}
     assert {key.split("/")[1] for key in headline} == {"R1", "R5", "R10", "MdR", "MnR"}
     assert all(headline[key] == metrics[key] for key in headline)
+    files = headline_files(metrics)  # what the DVC metric files hold: a file per row, five columns each
+    assert list(files) == ["t2v", "t2v_rerank", "v2t", "v2t_rerank"]
+    assert all(values == {name: metrics[f"{row}/{name}"] for name in ("R1", "R5", "R10", "MdR", "MnR")}
+               for row, values in files.items())

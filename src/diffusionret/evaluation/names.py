@@ -30,7 +30,8 @@ RANK_METRICS = tuple(f"R{k}" for k in REPORTED_KS) + ("MdR", "MnR")
 OOD_PREFIXES = {"t2v": "ood_detect", "v2t": "ood_detect_v2t"}  # metric prefix of each direction's detection
 OOD_SIDES = ("id", "ood")
 CELL_PREFIXES = ("chance", "protocol")  # cell-wide keys, logged with the postprocess=none run
-# the headline file (the DVC metric, small enough for `dvc metrics show`): stage 1 and re-ranked, both directions
+# the headline (the DVC metric): R@1/5/10, MdR, MnR of stage 1 and re-ranked, both directions, one small file per
+# row (eval/<A>__<B>/headline/<row>.json) so that `dvc metrics show` is a table of five columns that fits a terminal
 HEADLINE_METRICS = ("R1", "R5", "R10", "MdR", "MnR")
 HEADLINE_ROWS = ("", "_rerank")
 
@@ -80,6 +81,11 @@ def file_metric_key(name: str, postprocess: str) -> str:
     direction, suffix, faithful, metric = split_key(name)
     reranked = ROWS[suffix][1]
     return f"{direction}{row_suffix(postprocess, reranked)}{FAITHFUL_SUFFIX if faithful else ''}/{metric}"
+
+
+def headline_rows() -> tuple[str, ...]:
+    """The rows of the headline, one file each: t2v, t2v_rerank, v2t, v2t_rerank."""
+    return tuple(direction + suffix for direction in DIRECTIONS for suffix in HEADLINE_ROWS)
 
 
 def headline_keys() -> tuple[str, ...]:

@@ -21,8 +21,9 @@ import numpy as np
 from diffusionret.config import PostprocessParams
 from diffusionret.evaluation.cell import CellScores, OodEvidence
 from diffusionret.evaluation.metrics import DEFAULT_TIES, chance_metrics, faithful_msvd_groups, t2v_metrics, v2t_metrics
-from diffusionret.evaluation.names import (DIRECTIONS, FAITHFUL_SUFFIX, OOD_PREFIXES, OOD_SIDES, RANK_METRICS,
-                                           REPORTED_KS, ROWS, headline_keys, postprocess_of)
+from diffusionret.evaluation.names import (DIRECTIONS, FAITHFUL_SUFFIX, HEADLINE_METRICS, OOD_PREFIXES, OOD_SIDES,
+                                           RANK_METRICS, REPORTED_KS, ROWS, headline_keys, headline_rows,
+                                           postprocess_of)
 from diffusionret.evaluation.ood import aurc, compute_scores, detection_metrics
 from diffusionret.evaluation.postprocess import dual_softmax, qb_norm
 
@@ -143,5 +144,10 @@ def metrics_of_postprocess(metrics: dict[str, float], postprocess: str) -> dict[
 
 
 def headline_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """The headline subset (the DVC metric): R@1/5/10, MdR, MnR of stage 1 and re-ranked rows, both directions."""
+    """The headline subset: R@1/5/10, MdR, MnR of stage 1 and re-ranked rows, both directions (flat keys)."""
     return {key: metrics[key] for key in headline_keys()}
+
+
+def headline_files(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+    """The headline as the DVC metric files hold it: row (t2v, t2v_rerank, v2t, v2t_rerank) -> {R1: ..., MnR: ...}."""
+    return {row: {name: metrics[f"{row}/{name}"] for name in HEADLINE_METRICS} for row in headline_rows()}

@@ -2,8 +2,8 @@
 
 Scoring is `evaluation.cell` (torch), rows and metrics `evaluation.rows` (numpy), key names `evaluation.names`.
 
-Outputs in eval/<A>__<B>/: headline.json (the DVC metric: R@1/5/10, MdR, MnR of stage 1 and re-ranked, both
-directions), metrics.json (every row, flat `<prefix>/<name>` keys), scores.npz (stage-1, re-ranked and bank
+Outputs in eval/<A>__<B>/: headline/{t2v,t2v_rerank,v2t,v2t_rerank}.json (the DVC metric: R@1/5/10, MdR, MnR of
+stage 1 and re-ranked, both directions; one small file per row keeps `dvc metrics show` to five columns), metrics.json (every row, flat `<prefix>/<name>` keys), scores.npz (stage-1, re-ranked and bank
 matrices: every post-processed row can be recomputed from them; OOD per-query scores
 `ood__<direction>__<id|ood>__<score>`, `ood__t2v__id_correct`), curves.npz (R@K for every K, per row and draw,
 for the report's plots), cell.json (what was evaluated, how, and the MLflow run ids).
@@ -27,8 +27,8 @@ from diffusionret.config import Params, flatten
 from diffusionret.evaluation.cell import CellScores, check_selection, draw_seeds, score_cell
 from diffusionret.evaluation.metrics import DEFAULT_TIES
 from diffusionret.evaluation.names import POSTPROCESSES, run_metric_name
-from diffusionret.evaluation.rows import (cell_metrics, faithful_v2t_defined, headline_metrics, metrics_of_postprocess,
-                                         ood_metrics)
+from diffusionret.evaluation.rows import (cell_metrics, faithful_v2t_defined, headline_files, headline_metrics,
+                                         metrics_of_postprocess, ood_metrics)
 from diffusionret.evaluation.scoring import RerankSettings
 from diffusionret.features.cache import load_split_features
 from diffusionret.method.diffusion import create_diffusion
@@ -120,7 +120,7 @@ def log_runs(trained: str, evaluated: str, cell: CellScores, metrics: dict[str, 
                                   for key, value in metrics_of_postprocess(metrics, postprocess).items()})
             run_ids[postprocess] = tracking.active_run_id()
             if postprocess == "none":
-                tracking.log_artifacts([out_dir / "metrics.json", out_dir / "headline.json"])
+                tracking.log_artifacts([out_dir / "metrics.json"])
     if not ood:  # the stage-1 run's collapsed row shows its in-distribution test results
         with tracking.start_run(experiment=parent["experiment"], run_name="", tags={},
                                 resume_run_id=parent["run_id"]):
@@ -129,7 +129,7 @@ def log_runs(trained: str, evaluated: str, cell: CellScores, metrics: dict[str, 
 
 
 def evaluate_cell(trained: str, evaluated: str, params: Params, paths: Paths, repo_root: Path) -> dict:
-    """Score, write headline.json / metrics.json / scores.npz / curves.npz / cell.json, and log to MLflow."""
+    """Score, write headline/*.json, metrics.json, scores.npz, curves.npz, cell.json, and log to MLflow."""
     settings = params.eval
     cell = load_and_score(trained, evaluated, params, paths)
     metrics, curves = cell_metrics(cell, params.postprocess, chunk_size=settings.chunk_size,
@@ -148,7 +148,9 @@ def evaluate_cell(trained: str, evaluated: str, params: Params, paths: Paths, re
                         caption_video=cell.caption_video, seeds=np.asarray(cell.seeds), **ood_stored)
     np.savez_compressed(out_dir / "curves.npz", **curves)
     write_json(out_dir / "metrics.json", metrics)
-    write_json(out_dir / "headline.json", headline_metrics(metrics))
+    (out_dir / "headline").mkdir(exist_ok=True)
+    for row, values in headline_files(metrics).items():
+        write_json(out_dir / "headline" / f"{row}.json", values)
     parent = tracking.read_run_reference(paths.disc_model(trained) / "mlflow_run.json")
     description = describe_cell(trained, evaluated, cell, metrics, params, parent)
     description["mlflow_runs"] = log_runs(trained, evaluated, cell, metrics, params, parent, out_dir, repo_root)
