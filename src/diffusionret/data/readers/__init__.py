@@ -16,6 +16,7 @@ from diffusionret.data.readers.didemo import read_didemo
 from diffusionret.data.readers.lsmdc import read_lsmdc
 from diffusionret.data.readers.msrvtt import read_msrvtt
 from diffusionret.data.readers.msvd import read_msvd
+from diffusionret.data.readers.files import AnnotationError
 from diffusionret.data.records import SplitAnnotations
 
 READERS: dict[str, Callable[..., SplitAnnotations]] = {
@@ -34,11 +35,25 @@ DEFAULT_SPLITS: dict[str, dict[str, str]] = {
     name: dict(module.DEFAULT_SPLITS) for name, module in
     {"msrvtt": msrvtt, "msvd": msvd, "lsmdc": lsmdc, "activitynet": activitynet, "didemo": didemo}.items()
 }
+SPLIT_FILES_OF: dict[str, dict[str, str]] = {
+    name: dict(module.SPLIT_FILES) for name, module in
+    {"msrvtt": msrvtt, "msvd": msvd, "lsmdc": lsmdc, "activitynet": activitynet, "didemo": didemo}.items()
+}
 SPANNED_READERS = ("activitynet", "didemo")  # annotations carry a time span per video
 
 
 def read_split(reader: str, root: Path, split: str, **options) -> SplitAnnotations:
-    """Read one split with the named reader; `options` go to the reader unchanged."""
+    """Read one split with the named reader; `options` go to the reader unchanged.
+
+    A malformed file that a reader's own checks miss (a wrong type deep inside it) still ends in an
+    `AnnotationError` naming the files of that split, never a bare TypeError/KeyError."""
     if reader not in READERS:
         raise KeyError(f"unknown annotation reader {reader!r}; known readers: {sorted(READERS)}")
-    return READERS[reader](Path(root), split, **options)
+    try:
+        return READERS[reader](Path(root), split, **options)
+    except (TypeError, KeyError, AttributeError, IndexError, OverflowError) as error:
+        source = options.get("source_split") or split
+        names = SPLIT_FILES_OF[reader].get(source, source)
+        raise AnnotationError(f"{Path(root) / names}: malformed {reader} annotations for split {source!r} "
+                              f"({type(error).__name__}: {error}); a field has the wrong type or is missing: compare "
+                              "the file with the original release") from error
