@@ -45,20 +45,24 @@ def read_json(path: Path):
 def csv_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
     """(line number, {column: value}) of every row of a csv with a header holding `columns`."""
     reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    end = 0  # last line of the previous complete row: a bad row starts right after it
     try:
         header = reader.fieldnames or []
         absent = [c for c in columns if c not in header]
         if absent:
             raise AnnotationError(f"{path}: missing column(s) {absent}; found header {header}")
+        end = reader.line_num
         for row in reader:
             missing = [c for c in columns if row.get(c) is None]
             if missing:
-                raise AnnotationError(f"{path}, line {reader.line_num}: row has no value for {missing} (too few "
-                                      "fields); fix or remove that line")
-            yield reader.line_num, {c: row[c] for c in columns}
+                raise AnnotationError(f"{path}, line {end + 1}: row has no value for {missing} (too few fields); "
+                                      "fix or remove that line")
+            yield end + 1, {c: row[c] for c in columns}
+            end = reader.line_num
     except csv.Error as error:
-        raise AnnotationError(f"{path}, line {reader.line_num}: {error}; a field longer than the csv limit is not a "
-                              f"caption (at most {MAX_CAPTION_CHARS} characters): fix or remove that line") from None
+        why = (f"; a field that long is not a caption (at most {MAX_CAPTION_CHARS} characters)"
+               if "field limit" in str(error) else " (csv syntax)")
+        raise AnnotationError(f"{path}, line {end + 1}: {error}{why}: fix or remove that line") from None
 
 
 def caption(value, where: str) -> str:
