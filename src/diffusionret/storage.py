@@ -37,9 +37,15 @@ def is_permanent(error: BaseException) -> bool:
 
 def explain(error: OSError, path: Path | str, what: str = "writing") -> str:
     """One message for a failed write: the file, the system's reason, and the fix."""
-    reason = os.strerror(error.errno) if error.errno else str(error)
+    reason = f"{os.strerror(error.errno)} (errno {error.errno})" if error.errno else f"short write: {error}"
     folder = Path(path).parent
-    if error.errno in NO_SPACE:
+    if not error.errno:  # numpy and others report a short write without an errno: the disk filled up
+        fix = (f"free space on the disk (or quota) that holds {folder} (`df -h {folder}`), or raise a `ulimit -f` "
+               "file-size limit")
+    elif error.errno == errno.EFBIG:
+        fix = (f"the file system of {folder} (or a `ulimit -f` limit) does not allow a file this large: raise the "
+               "limit or point the setting that names this folder at another file system")
+    elif error.errno in NO_SPACE:
         fix = (f"free space on the disk (or quota) that holds {folder} (`df -h {folder}`), or point the setting "
                "that names this folder at a larger disk")
     elif error.errno in NO_PERMISSION:
@@ -47,7 +53,7 @@ def explain(error: OSError, path: Path | str, what: str = "writing") -> str:
                "setting that names this folder elsewhere")
     else:
         fix = f"check the disk that holds {folder} (`dmesg` shows I/O errors)"
-    return (f"{what} {path} failed: {reason} (errno {error.errno}). Fix: {fix}; then run again: everything "
+    return (f"{what} {path} failed: {reason}. Fix: {fix}; then run again: everything "
             "finished before this file is kept and is not redone")
 
 
