@@ -12,6 +12,7 @@ import hashlib
 import http.server
 import importlib.util
 import io
+import re
 import shutil
 import sys
 import tarfile
@@ -55,7 +56,9 @@ class Fault:
         lost = sorted(path for path, digest in self.before.items() if after.get(path) != digest)
         self._record("case", case)
         self._record("expected", expected)
-        self._record("observed", " ".join(observed.split())[:300])
+        short = re.sub(r"\S*/pytest-\d+/[^/\s]+/", "", " ".join(observed.split()))  # paths relative to the test
+        short = re.sub(r"http://127\.0\.0\.1:\d+/", "", short)
+        self._record("observed", short[:240])
         self._record("files_lost", len(lost))
         return lost
 
