@@ -67,7 +67,7 @@ def test_bad_annotations_name_the_file_row_and_field(repo, fault, monkeypatch, c
 
 @pytest.mark.parametrize("key,value", [("benchmarks.synthetic.fps", float("inf")), ("train.grad_clip", float("inf")),
                                        ("eval.rerank_temperature", float("nan")), ("train.lr", "-inf"),
-                                       ("postprocess.qbnorm_beta", float("inf"))])
+                                       ("train_gen.loss_temperature_inv", float("inf"))])
 def test_non_finite_float_params_are_rejected_naming_the_key(repo, fault, capsys, key, value):
     edit_params(repo, **{key: value})
     fault.watch(repo)
