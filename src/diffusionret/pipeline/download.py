@@ -21,6 +21,7 @@ unchanged manifest leaves everything downstream cached.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -34,6 +35,7 @@ from diffusionret.data.download import (ChecksumLock, ChecksumMismatch, Download
 from diffusionret.data.sources import SOURCES, BenchmarkSource, Download, Requirement, needed, source_of
 from diffusionret.data.videos import VIDEO_EXTENSIONS, index_video_files
 from diffusionret.pipeline.paths import Paths
+from diffusionret.storage import StorageError
 
 MANIFEST_FORMAT = 1
 LOCK_NAME = "checksums.lock.json"
@@ -156,10 +158,15 @@ def fetch_real_benchmark(name: str, source: BenchmarkSource, raw_dir: Path, spli
     disk is full or not writable. The lock is saved in every case, with every file verified so far.
     """
     try:
-        return _fetch_all(name, source, raw_dir, split_names, lock, downloader=downloader, progress=progress)
-    finally:
+        annotations = _fetch_all(name, source, raw_dir, split_names, lock, downloader=downloader, progress=progress)
+    except BaseException:
         if lock.entries:
-            lock.save()
+            with contextlib.suppress(StorageError):  # a full disk must not hide the error that stopped the stage
+                lock.save()
+        raise
+    if lock.entries:
+        lock.save()
+    return annotations
 
 
 def _fetch_all(name: str, source: BenchmarkSource, raw_dir: Path, split_names: set[str], lock: ChecksumLock, *,
