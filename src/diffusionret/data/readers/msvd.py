@@ -100,7 +100,7 @@ def read_msvd(root: Path, split: str, *, benchmark: str = "msvd", source_split: 
                          f"(first: {uncaptioned[:5]}); the caption file and the split list do not belong together")
     captions, caption_video = [], []
     for row, video_id in enumerate(video_ids):
-        for caption in captions_of[video_id]:
-            captions.append(caption)
+        for text in captions_of[video_id]:
+            captions.append(text)
             caption_video.append(row)
     return SplitAnnotations(benchmark, split, tuple(video_ids), tuple(captions), tuple(caption_video))
