@@ -13,7 +13,7 @@ export DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 export MLFLOW_TRACKING_URI := sqlite:///$(CURDIR)/mlruns.db
 
-.PHONY: install repro test mlflow-ui clean-outputs
+.PHONY: install repro test faults mlflow-ui clean-outputs
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +32,10 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# fault injection (bad downloads, full disk, bad annotations, killed runs): a table and totals, 0 files lost
+faults: $(STAMP)
+	$(PY) benchmarks/faults.py
 
 mlflow-ui: $(STAMP)
 	mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000 --workers 1

@@ -120,6 +120,10 @@ def _print_check(result: dict) -> None:
     if result["missing"]:
         print(f"{result['missing_videos']} annotated videos have no file; first {min(10, len(result['missing']))}: "
               f"{', '.join(result['missing'][:10])} (--json lists all)")
+    for pair, ids in result["shared_videos"].items():
+        verdict = "a leak: test results would measure memorisation" if pair == "train-test" else "reported only"
+        print(f"{len(ids)} videos are in both {pair.replace('-', ' and ')} ({verdict}); first "
+              f"{min(10, len(ids))}: {', '.join(ids[:10])}")
     print("complete" if result["complete"] else "INCOMPLETE")
 
 
@@ -134,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     data = commands.add_parser("data", help="benchmark files")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     check = data_commands.add_parser("check", help="read a benchmark's annotations and match its video files; "
-                                                   "exit 0 when complete, 1 when videos or files are missing")
+                                                   "exit 0 when complete, 1 when videos or files are missing or "
+                                                   "train and test share videos")
     check.add_argument("--benchmark", required=True, help="a benchmark defined in params.yaml")
     check.add_argument("--root", type=Path, help="the benchmark folder (default: data.raw_root/<source>)")
     check.add_argument("--params", type=Path, default=Path("params.yaml"))

@@ -399,6 +399,8 @@ def _convert(value: Any, annotation: Any, path: str) -> Any:
             except ValueError:
                 _fail(path, value, "a number")
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), path, value, "a number")
+        # `.inf` / `.nan` (YAML) or "inf" / "nan" (strings) would pass every `> 0` range check below
+        _check(math.isfinite(value), path, value, "a finite number (not .inf or .nan)")
         return float(value)
     if annotation is str:
         _check(isinstance(value, str), path, value, "a string")

@@ -8,6 +8,8 @@ Used by the `preprocess` stage and by `diffusionret data check`. Rules:
 - a missing video is an error that says how many are missing, names the first ones and writes the full list to
   a file, unless missing videos are allowed: then they are dropped together with their captions, and counted.
 - a split given as "" for `val` is carved from train (`carve_validation`), never from test.
+- videos shared between splits are reported (`BenchmarkCheck.shared`); a video in both train and test is an
+  error (`SplitOverlap`): the test numbers would measure memorisation.
 """
 
 from __future__ import annotations
@@ -33,6 +35,23 @@ class MissingVideos(FileNotFoundError):
 
 class AmbiguousVideos(ValueError):
     """Annotated videos with more than one candidate file."""
+
+
+class SplitOverlap(ValueError):
+    """A video is in both the training and the test split."""
+
+
+def shared_videos(splits: dict[str, SplitAnnotations]) -> dict[str, list[str]]:
+    """Videos found in two splits: {"train-val": ids, "train-test": ids, "val-test": ids} (sorted; pairs with
+    no shared video are left out)."""
+    shared = {}
+    for i, first in enumerate(ROLES):
+        for second in ROLES[i + 1:]:
+            if first in splits and second in splits:
+                common = sorted(set(splits[first].video_ids) & set(splits[second].video_ids))
+                if common:
+                    shared[f"{first}-{second}"] = common
+    return shared
 
 
 def carve_validation(train: SplitAnnotations, count: int) -> tuple[SplitAnnotations, SplitAnnotations]:
@@ -144,6 +163,11 @@ class BenchmarkCheck:
     errors: dict[str, str] = field(default_factory=dict)  # split -> why it could not be read (data check only)
 
     @property
+    def shared(self) -> dict[str, list[str]]:
+        """Videos shared between splits, per pair of roles (see `shared_videos`)."""
+        return shared_videos(self.splits)
+
+    @property
     def missing_ids(self) -> list[str]:
         """Every missing id once, sorted."""
         return sorted({v for ids in self.missing.values() for v in ids})
@@ -193,7 +217,11 @@ def write_missing_list(check: BenchmarkCheck, path: Path) -> None:
 def enforce_complete(check: BenchmarkCheck, *, allow_missing: bool, missing_file: Path | None,
                      where: str) -> dict[str, SplitAnnotations]:
     """The splits to process: unchanged when nothing is missing; without the missing videos when allowed;
-    otherwise `MissingVideos`, after writing the full list to `missing_file`."""
+    otherwise `MissingVideos`, after writing the full list to `missing_file`. A train-test overlap is always an
+    error (`SplitOverlap`)."""
+    leak = check.shared.get("train-test")
+    if leak:
+        raise SplitOverlap(overlap_message(check, where))
     if not check.missing_ids:
         return dict(check.splits)
     if missing_file is not None:
@@ -216,3 +244,12 @@ def enforce_complete(check: BenchmarkCheck, *, allow_missing: bool, missing_file
         raise MissingVideos(f"every video of the {', '.join(empty)} split(s) is missing under {where}; "
                             "data.allow_missing cannot help here: add the videos")
     return kept
+
+
+def overlap_message(check: BenchmarkCheck, where: str) -> str:
+    """The error for videos in both train and test: how many, the first ones, and the fix."""
+    leak = check.shared["train-test"]
+    return (f"{len(leak)} videos of {where} are in both the train and the test split (first: "
+            f"{', '.join(leak[:SHOWN])}): test results would measure memorisation. Point `splits.train` and "
+            "`splits.test` of this benchmark at files that do not share videos (`diffusionret data check` lists "
+            "every shared video)")

@@ -8,18 +8,27 @@ wheel, environment-notes P7).
 `build_frame_cache` decodes every video in a pool of processes. Each finished video is saved at once under
 `partial_dir/<settings>/`, so a killed run resumes and a re-run decodes nothing. A video that fails to decode,
 crashes the decoder or runs past the per-video time limit is listed in `failures.json` and left out of the
-cache; the caller decides whether that is fatal. Workers are spawned processes (even for workers=1, so a
-crashing decoder cannot take the caller down): a calling script needs an `if __name__ == "__main__":` guard.
+cache; the caller decides whether that is fatal. Only a decoder's error counts against a video: an OSError
+while saving frames (disk full, quota, permissions) stops the whole build with a `StorageError` naming the file,
+and `frames.npy` is written row by row with its size reserved first (storage.py), so a full disk is a message,
+not a bus error. Workers are spawned processes (even for workers=1, so a crashing decoder cannot take the caller
+down) that die with their parent (`_die_with_parent`): a calling script needs an `if __name__ == "__main__":`
+guard.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import math
 import multiprocessing
+import os
 import re
 import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -29,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
+from diffusionret.storage import NpyRowWriter, StorageError, writing
 
 CACHE_FORMAT = 1  # bump when the stored frames change meaning, so old partial files are not reused
 Decoder = Callable[[Path, Callable[[int, float], np.ndarray]], np.ndarray]
@@ -168,22 +179,55 @@ class _Task:
         return Path(self.partial + ".started")  # exists while a worker decodes this video
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Worker initializer: end this worker when the process that started it dies (even by SIGKILL).
+
+    Linux: prctl(PR_SET_PDEATHSIG, SIGKILL), then a check that the parent did not die before the call. Elsewhere:
+    a daemon thread that exits the worker once its parent id changes (re-parented to init)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            return
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
 def _decode_one(task: _Task) -> tuple[str, str | None]:
-    """Worker: decode one video into its partial file; returns (video id, error or None)."""
+    """Worker: decode one video into its partial file; returns (video id, decoder error or None).
+
+    Only a `VideoDecodeError` is the video's failure; a failed write raises `StorageError` (the build stops)."""
     marker = task.marker
-    marker.touch()
+    with writing(marker):
+        marker.touch()
     signal.signal(signal.SIGALRM, signal.SIG_DFL)  # a decoder stuck past the limit kills this worker
     signal.setitimer(signal.ITIMER_REAL, task.time_limit_s)
     try:
-        frames = read_video_frames(Path(task.path), sample_fps=task.sample_fps, max_frames=task.max_frames,
-                                   image_size=task.image_size, span=task.span, decoder=task.decoder)
+        try:
+            frames = read_video_frames(Path(task.path), sample_fps=task.sample_fps, max_frames=task.max_frames,
+                                       image_size=task.image_size, span=task.span, decoder=task.decoder)
+        except VideoDecodeError as exc:
+            return task.video_id, exc.reason
+        signal.setitimer(signal.ITIMER_REAL, 0)
         tmp = Path(task.partial + ".tmp")
-        with tmp.open("wb") as f:
-            np.save(f, frames)
-        tmp.replace(task.partial)
+        try:
+            with writing(tmp, f"saving the frames of video {task.video_id} to"):
+                with tmp.open("wb") as f:
+                    np.save(f, frames)
+                tmp.replace(task.partial)
+        except StorageError:
+            tmp.unlink(missing_ok=True)
+            raise
         return task.video_id, None
-    except Exception as exc:
-        return task.video_id, exc.reason if isinstance(exc, VideoDecodeError) else f"{type(exc).__name__}: {exc}"
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         marker.unlink(missing_ok=True)
@@ -193,7 +237,8 @@ def _run_pool(tasks: list[_Task], workers: int, bar: tqdm) -> tuple[dict[str, st
     """Decode `tasks` in a fresh process pool; returns (errors by video id, whether a worker died)."""
     errors: dict[str, str] = {}
     context = multiprocessing.get_context("spawn")  # no fork: the caller may hold threads (torch, tqdm)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(_decode_one, task) for task in tasks]
         try:
             for future in as_completed(futures):
@@ -203,6 +248,9 @@ def _run_pool(tasks: list[_Task], workers: int, bar: tqdm) -> tuple[dict[str, st
                 bar.update(1)
         except BrokenProcessPool:
             return errors, True
+        except BaseException:  # a write failed (StorageError) or the caller was interrupted: stop queued work
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     return errors, False
 
 
@@ -260,7 +308,8 @@ def build_frame_cache(videos: dict[str, Path], out_dir: Path, *, sample_fps: flo
                 "decoder": decoder_name, "format": CACHE_FORMAT}
     settings_name = f"fps{sample_fps:g}_T{max_frames}_S{image_size}_{decoder_name}_v{CACHE_FORMAT}"
     settings_dir = Path(partial_dir) / settings_name
-    settings_dir.mkdir(parents=True, exist_ok=True)
+    with writing(settings_dir, "creating the folder"):
+        settings_dir.mkdir(parents=True, exist_ok=True)
     for stale in settings_dir.glob("*.started"):  # left by a killed run
         stale.unlink()
     tasks = [_Task(video_id, str(path), spans.get(video_id),
@@ -273,26 +322,32 @@ def build_frame_cache(videos: dict[str, Path], out_dir: Path, *, sample_fps: flo
 
     done = [t for t in tasks if t.video_id not in errors]
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     shape = (len(done), max_frames, image_size, image_size, 3)  # (V, T, S, S, 3)
     mask = np.zeros(shape[:2], dtype=bool)  # (V, T) valid frames
-    if done:
-        frames = np.lib.format.open_memmap(out_dir / "frames.npy", mode="w+", dtype=np.uint8, shape=shape)
+    with writing(out_dir, "creating the folder"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+    rows = NpyRowWriter(out_dir / "frames.npy", shape, np.uint8)  # its full size is reserved here
+    try:
         for row, task in enumerate(done):
-            clip = np.load(task.partial)
-            frames[row, :len(clip)] = clip
+            clip = np.load(task.partial)  # (T', S, S, 3), T' <= max_frames
+            padded = np.zeros((1, *shape[1:]), np.uint8)  # (1, T, S, S, 3)
+            padded[0, :len(clip)] = clip
             mask[row, :len(clip)] = True
-        frames.flush()
-        del frames
-    else:
-        np.save(out_dir / "frames.npy", np.zeros(shape, np.uint8))
-    np.save(out_dir / "mask.npy", mask)
+            rows.write(padded)
+        rows.close()
+    except BaseException:
+        rows.abort()
+        raise
     failures = [{"video_id": t.video_id, "path": t.path, "error": errors[t.video_id]}
                 for t in tasks if t.video_id in errors]
-    (out_dir / "failures.json").write_text(json.dumps(failures, indent=1))
-    (out_dir / "videos.json").write_text(json.dumps(
-        {"video_ids": [t.video_id for t in done], "settings": settings,
-         "spans": {t.video_id: list(t.span) for t in done if t.span is not None}}, indent=1))
+    with writing(out_dir / "mask.npy"):
+        np.save(out_dir / "mask.npy", mask)
+    with writing(out_dir / "failures.json"):
+        (out_dir / "failures.json").write_text(json.dumps(failures, indent=1))
+    with writing(out_dir / "videos.json"):
+        (out_dir / "videos.json").write_text(json.dumps(
+            {"video_ids": [t.video_id for t in done], "settings": settings,
+             "spans": {t.video_id: list(t.span) for t in done if t.span is not None}}, indent=1))
     return {"videos": len(tasks), "cached": len(done), "decoded": len(todo) - len(errors),
             "reused": len(tasks) - len(todo), "failed": len(failures), "failures": failures,
             "seconds": round(time.perf_counter() - started, 2)}

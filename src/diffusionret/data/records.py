@@ -39,6 +39,11 @@ class SplitAnnotations:
         bad = [i for i in self.caption_video if not 0 <= i < len(self.video_ids)]
         if bad:
             raise ValueError(f"{self.benchmark}/{self.split}: caption->video index out of range: {bad[:5]}")
+        # the readers check each caption where they read it (naming the file); this guards every other producer
+        empty = [i for i, c in enumerate(self.captions) if not isinstance(c, str) or not c.strip()]
+        if empty:
+            raise ValueError(f"{self.benchmark}/{self.split}: captions {empty[:5]} are not non-empty strings "
+                             f"(e.g. {self.captions[empty[0]]!r}); every caption must be text")
 
     @property
     def num_videos(self) -> int:

@@ -12,11 +12,16 @@ unchanged manifest leaves everything downstream cached.
   are missing and have a public URL are downloaded (data/download.py: resume, retries, checksums); whatever is
   still missing stops the stage with one message listing every file, where to obtain it and where to put it.
   The checksum lock (`checksums.lock.json` in the benchmark folder, or under data.partial_root/locks/ when that
-  folder is read-only) records every annotation file and archive on first sight and verifies it on every run.
+  folder is read-only) records every annotation file on first sight, and every archive once it extracted without
+  error, and verifies them on every run; registry digests marked verified are checked too, hand-placed files
+  included. A fresh download that differs from a digest the lock recorded (never verified: the first download
+  may have been a login page) is not deleted: it is kept as `<file>.new` and the error names both digests.
+  The lock is saved even when the stage fails, for every file verified so far.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -25,12 +30,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from diffusionret.config import BenchmarkParams, Params
-from diffusionret.data.download import (ChecksumLock, DownloadError, download_file, extract_members, extract_videos,
-                                        sha256_of)
+from diffusionret.data.download import (ChecksumLock, ChecksumMismatch, DownloadError, download_file,
+                                        extract_members, extract_videos, sha256_of)
 from diffusionret.data.sources import SOURCES, BenchmarkSource, Download, Requirement, needed, source_of
 from diffusionret.data.synthetic import generate_synthetic
 from diffusionret.data.videos import VIDEO_EXTENSIONS, index_video_files
 from diffusionret.pipeline.paths import Paths
+from diffusionret.storage import StorageError
 
 MANIFEST_FORMAT = 1
 LOCK_NAME = "checksums.lock.json"
@@ -90,27 +96,47 @@ def _present(raw_dir: Path, requirement: Requirement) -> Path | None:
     return next((raw_dir / p for p in requirement.paths if (raw_dir / p).is_file()), None)
 
 
-def _fetch(download: Download, dest: Path, lock: ChecksumLock, downloader: Callable, progress: bool) -> Path:
-    """Download `download` to dest (unless there), checking the registry digest, else the locked one."""
+def _verified(download: Download | None, file: Path) -> dict:
+    """The registry's verified digest of `file` as keyword arguments of `ChecksumLock.verify_or_record`."""
+    if download is None or not download.verified or download.sha256 is None or download.file != file.name:
+        return {}
+    return {"verified_sha256": download.sha256, "verified_size": download.size, "origin": download.url}
+
+
+def _fetch(download: Download, dest: Path, lock: ChecksumLock, downloader: Callable, progress: bool) -> str:
+    """Make `dest` available and return its digest, without recording it (the caller does, once it is usable).
+
+    A file already there is checked against the registry's verified digest and the lock. A download is checked
+    by the downloader against the registry digest; one that differs from the digest the lock recorded earlier is
+    moved aside to `<dest>.new` (the recorded digest was never verified, so neither copy is deleted)."""
     if dest.is_file():
-        lock.verify_or_record(dest)
-        return dest
-    recorded = lock.entries.get(lock.key(dest), {}).get("sha256")
-    digest = downloader(download.url, dest, sha256=download.sha256 or recorded, size=download.size,
-                        progress=progress)
-    lock.verify_or_record(dest, digest)
-    return dest
+        return lock.verify_or_record(dest, record=False, **_verified(download, dest))
+    recorded = lock.entries.get(lock.key(dest))
+    digest = downloader(download.url, dest, sha256=download.sha256, size=download.size, progress=progress)
+    if recorded is not None and recorded["sha256"] != digest:
+        aside = dest.with_name(dest.name + ".new")
+        os.replace(dest, aside)
+        raise ChecksumMismatch(
+            f"the new download of {dest.name} ({download.url}) has sha256 {digest} ({aside.stat().st_size} bytes), "
+            f"but {lock.path} recorded {recorded['sha256']} ({recorded['size']} bytes) for `{lock.key(dest)}` on an "
+            f"earlier run. The recorded digest was never verified (an earlier download may have been an error or "
+            f"login page). The new file is kept as {aside}. If it is right, delete the entry `{lock.key(dest)}` "
+            f"from {lock.path} and rename it to {dest}; if not, delete it and get {dest.name} by hand")
+    return digest
 
 
 def _obtain(requirement: Requirement, raw_dir: Path, lock: ChecksumLock, downloader: Callable,
             progress: bool) -> None:
-    """Download (and unpack) one annotation file."""
+    """Download (and unpack) one annotation file; an archive is recorded in the lock once it extracted."""
     download = requirement.download
     if download.unpack == "none":
-        _fetch(download, raw_dir / download.file, lock, downloader, progress)
+        dest = raw_dir / download.file
+        lock.verify_or_record(dest, _fetch(download, dest, lock, downloader, progress))
         return
-    archive = _fetch(download, raw_dir / "downloads" / download.file, lock, downloader, progress)
+    archive = raw_dir / "downloads" / download.file
+    digest = _fetch(download, archive, lock, downloader, progress)
     extract_members(archive, [requirement.member], raw_dir)
+    lock.verify_or_record(archive, digest)
 
 
 def _problem(number: int, title: str, what: str, obtain: str, where: str, reason: str | None) -> str:
@@ -127,8 +153,23 @@ def fetch_real_benchmark(name: str, source: BenchmarkSource, raw_dir: Path, spli
     """Make every needed file of a real benchmark available; returns {annotation file: {sha256, size}}.
 
     Raises `ManualStepRequired` listing every file that is still missing (with where to get it and where to put
-    it); `ChecksumMismatch` when a file differs from its recorded digest.
+    it); `ChecksumMismatch` when a file differs from its recorded or verified digest; `StorageError` when the
+    disk is full or not writable. The lock is saved in every case, with every file verified so far.
     """
+    try:
+        annotations = _fetch_all(name, source, raw_dir, split_names, lock, downloader=downloader, progress=progress)
+    except BaseException:
+        if lock.entries:
+            with contextlib.suppress(StorageError):  # a full disk must not hide the error that stopped the stage
+                lock.save()
+        raise
+    if lock.entries:
+        lock.save()
+    return annotations
+
+
+def _fetch_all(name: str, source: BenchmarkSource, raw_dir: Path, split_names: set[str], lock: ChecksumLock, *,
+               downloader: Callable, progress: bool) -> dict[str, dict]:
     problems: list[tuple[str, str, str, str, str | None]] = []
     annotations: dict[str, dict] = {}
     failed: dict[str, str] = {}  # url -> why it failed: an archive serving several files is tried once
@@ -148,7 +189,7 @@ def fetch_real_benchmark(name: str, source: BenchmarkSource, raw_dir: Path, spli
             where = " or ".join(str(raw_dir / p) for p in requirement.paths)
             problems.append((" or ".join(requirement.paths), requirement.what, requirement.obtain, where, reason))
             continue
-        digest = lock.verify_or_record(present)
+        digest = lock.verify_or_record(present, **_verified(requirement.download, present))
         annotations[present.relative_to(raw_dir).as_posix()] = {"sha256": digest, "size": present.stat().st_size}
     videos = source.videos
     has_videos = raw_dir.is_dir() and bool(index_video_files(raw_dir, videos.extensions))
@@ -158,8 +199,9 @@ def fetch_real_benchmark(name: str, source: BenchmarkSource, raw_dir: Path, spli
         done = archive.with_name(archive.name + ".extracted")  # written once every video member is out
         if not has_videos or (archive.is_file() and not done.is_file()):  # never fetched, or extraction cut short
             try:
-                _fetch(videos.download, archive, lock, downloader, progress)
+                digest = _fetch(videos.download, archive, lock, downloader, progress)
                 count = extract_videos(archive, raw_dir / "videos", videos.extensions, progress=progress)
+                lock.verify_or_record(archive, digest)
                 done.write_text(f"{count}\n")
                 has_videos = bool(index_video_files(raw_dir, videos.extensions))
             except (DownloadError, ValueError, OSError) as error:
@@ -168,8 +210,6 @@ def fetch_real_benchmark(name: str, source: BenchmarkSource, raw_dir: Path, spli
         problems.append(("videos", videos.what, videos.obtain,
                          f"under {raw_dir / 'videos'}/ (sub-folders are fine), named {videos.naming}; a video's id "
                          "is its file name minus the last extension", reason))
-    if lock.entries:
-        lock.save()
     if problems:
         listed = "\n".join(_problem(i + 1, *p) for i, p in enumerate(problems))
         raise ManualStepRequired(

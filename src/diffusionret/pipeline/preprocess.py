@@ -144,6 +144,8 @@ def check_benchmark_files(name: str, settings: BenchmarkParams, raw_dir: Path) -
     check = check_benchmark(raw_dir, benchmark=name, reader=settings.reader, splits=settings.splits,
                             val_videos_from_train=settings.val_videos_from_train, index=index,
                             id_prefix=id_prefix_of(settings), keep_going=True)
+    shared = check.shared
     return {"benchmark": name, "root": str(raw_dir), "video_files": len(index), "splits": check.counts(),
             "missing_videos": len(check.missing_ids), "missing": check.missing_ids,
-            "complete": not check.missing_ids and not check.errors}
+            "shared_videos": shared, "train_test_overlap": bool(shared.get("train-test")),
+            "complete": not check.missing_ids and not check.errors and not shared.get("train-test")}

@@ -10,6 +10,7 @@ from typing import Callable
 
 from diffusionret.config import ConfigError, Params, load_params
 from diffusionret.pipeline.paths import Paths
+from diffusionret.storage import explain, is_permanent
 
 for _name, _value in {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                       "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}.items():
@@ -36,8 +37,12 @@ def run_stage(description: str, arguments: list[str], body: Callable[[argparse.N
         for argument in arguments:
             params.benchmark(getattr(args, argument))
         body(args, params, Paths(root, params.data), root)
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as error:
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError, OSError) as error:
         if os.environ.get("DIFFUSIONRET_TRACEBACK"):
             raise
+        if isinstance(error, OSError) and not isinstance(error, FileNotFoundError):
+            if not is_permanent(error):
+                raise  # an unexpected I/O error: the traceback is the useful report
+            error = explain(error, error.filename or "a file", "accessing")  # disk full, quota, permissions
         print(f"\nerror: {error}\n(set DIFFUSIONRET_TRACEBACK=1 for the full traceback)", file=sys.stderr)
         sys.exit(2)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from diffusionret.data.readers import activitynet, didemo, lsmdc, msrvtt, msvd
+from diffusionret.data.readers.files import AnnotationError
 from diffusionret.data.records import SplitAnnotations
 
 # layout name -> reader module; the readers, their split names and default splits below all derive from it
@@ -25,7 +26,17 @@ SPANNED_READERS = ("activitynet", "didemo")  # annotations carry a time span per
 
 
 def read_split(reader: str, root: Path, split: str, **options) -> SplitAnnotations:
-    """Read one split with the named reader; `options` go to the reader unchanged."""
+    """Read one split with the named reader; `options` go to the reader unchanged.
+
+    A malformed file that a reader's own checks miss (a wrong type deep inside it) still ends in an
+    `AnnotationError` naming the files of that split, never a bare TypeError/KeyError."""
     if reader not in READERS:
         raise KeyError(f"unknown annotation reader {reader!r}; known readers: {sorted(READERS)}")
-    return READERS[reader](Path(root), split, **options)
+    try:
+        return READERS[reader](Path(root), split, **options)
+    except (TypeError, KeyError, AttributeError, IndexError, OverflowError) as error:
+        source = options.get("source_split") or split
+        names = MODULES[reader].SPLIT_FILES.get(source, source)
+        raise AnnotationError(f"{Path(root) / names}: malformed {reader} annotations for split {source!r} "
+                              f"({type(error).__name__}: {error}); a field has the wrong type or is missing: compare "
+                              "the file with the original release") from error

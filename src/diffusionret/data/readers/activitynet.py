@@ -13,10 +13,10 @@ validation (data/check.py) accepts both.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
+from diffusionret.data.readers.files import AnnotationError, caption, expect, read_json
 from diffusionret.data.records import SplitAnnotations
 
 SPLIT_FILES = {"train": "train.json", "val_1": "val_1.json", "val_2": "val_2.json"}
@@ -37,22 +37,25 @@ def read_activitynet(root: Path, split: str, *, benchmark: str = "activitynet",
     if not path.is_file():
         raise FileNotFoundError(f"ActivityNet Captions annotation file {path} is missing; run the download stage "
                                 "(captions.zip) or put the file there")
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = read_json(path)
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON dict video id -> {{duration, timestamps, sentences}}")
+        raise AnnotationError(f"{path}: expected a JSON dict video id -> {{duration, timestamps, sentences}}")
     video_ids, paragraphs, spans = [], [], {}
     for video_id, item in data.items():
         if not isinstance(item, dict) or "sentences" not in item or "duration" not in item:
-            raise ValueError(f"{path}: entry {video_id!r} lacks 'sentences' or 'duration'")
-        sentences = [" ".join(str(s).split()) for s in item["sentences"]]
+            raise AnnotationError(f"{path}: entry {video_id!r} lacks 'sentences' or 'duration'")
+        where = f"{path}, video {video_id!r}"
+        expect(item["sentences"], list, f"{where}, field `sentences`", "a list of sentence strings")
+        sentences = [" ".join(expect(s, str, f"{where}, sentences[{i}]", "a sentence string").split())
+                     for i, s in enumerate(item["sentences"])]
         sentences = [s for s in sentences if s]
         if not sentences:
-            raise ValueError(f"{path}: video {video_id!r} has no sentence")
-        duration = float(item["duration"])
-        if not duration > 0:
-            raise ValueError(f"{path}: video {video_id!r} has duration {item['duration']!r}")
+            raise AnnotationError(f"{path}: video {video_id!r} has no sentence; fix that entry")
+        duration = float(expect(item["duration"], (int, float), f"{where}, field `duration`", "seconds"))
+        if not 0 < duration < math.inf:
+            raise AnnotationError(f"{where}, field `duration`: {item['duration']!r} seconds; fix that entry")
         video_ids.append(video_id)
-        paragraphs.append(" ".join(sentences))
+        paragraphs.append(caption(" ".join(sentences), f"{where}, field `sentences`"))
         spans[video_id] = (0.0, float(math.ceil(duration)))
     return SplitAnnotations(benchmark, split, tuple(video_ids), tuple(paragraphs), tuple(range(len(video_ids))),
                             spans)

@@ -17,9 +17,9 @@ videos.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from diffusionret.data.readers.files import AnnotationError, caption, expect, read_json, read_text
 from diffusionret.data.records import SplitAnnotations
 
 SPLIT_FILES = {"train": "train_data.json", "val": "val_data.json", "test": "test_data.json"}
@@ -39,27 +39,32 @@ def read_didemo(root: Path, split: str, *, benchmark: str = "didemo",
     if not path.is_file():
         raise FileNotFoundError(f"DiDeMo annotation file {path} is missing; run the download stage or take it from "
                                 "https://github.com/LisaAnne/LocalizingMoments (data/)")
-    moments = json.loads(path.read_text(encoding="utf-8"))
+    moments = read_json(path)
     if not isinstance(moments, list):
-        raise ValueError(f"{path}: expected a JSON list of moments, got {type(moments).__name__}")
+        raise AnnotationError(f"{path}: expected a JSON list of moments, got {type(moments).__name__}")
     texts: dict[str, list[str]] = {}
     chunks: dict[str, list[int]] = {}
     for i, moment in enumerate(moments):
         if not isinstance(moment, dict) or not {"video", "description", "times"} <= set(moment):
-            raise ValueError(f"{path}: moment {i} lacks 'video', 'description' or 'times': {moment!r:.200}")
-        video_id = str(moment["video"])
-        description = " ".join(str(moment["description"]).split())
+            raise AnnotationError(f"{path}: moment {i} lacks 'video', 'description' or 'times': {moment!r:.200}")
+        where = f"{path}, moment {i}"
+        video_id = expect(moment["video"], str, f"{where}, field `video`", "a video id string")
+        description = " ".join(expect(moment["description"], str, f"{where}, field `description`",
+                                      "a description string").split())
         texts.setdefault(video_id, [])
         if description:
-            texts[video_id].append(description)
+            texts[video_id].append(caption(description, f"{where}, field `description`"))
+        expect(moment["times"], list, f"{where}, field `times`", "a list of [start, end] chunk pairs")
         for pair in moment["times"]:
-            if len(pair) != 2:
-                raise ValueError(f"{path}: moment {i} ({video_id}) has a malformed time {pair!r}")
-            chunks.setdefault(video_id, []).extend(int(c) for c in pair)
+            if not isinstance(pair, list) or len(pair) != 2 or not all(
+                    isinstance(c, int) and not isinstance(c, bool) for c in pair):
+                raise AnnotationError(f"{where} ({video_id}), field `times`: malformed time {pair!r:.80}; expected "
+                                      "[start_chunk, end_chunk] integers")
+            chunks.setdefault(video_id, []).extend(pair)
     video_ids = list(texts)
     list_path = root / LIST_FILES[name]
     if list_path.is_file():
-        listed = [line.strip() for line in list_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        listed = [line.strip() for line in read_text(list_path).splitlines() if line.strip()]
         absent = [v for v in listed if v not in texts]
         if absent:
             raise ValueError(f"{list_path}: {len(absent)} listed videos have no moment in {path.name} "
@@ -67,7 +72,7 @@ def read_didemo(root: Path, split: str, *, benchmark: str = "didemo",
         video_ids = list(dict.fromkeys(listed))
     empty = [v for v in video_ids if not texts[v]]
     if empty:
-        raise ValueError(f"{path}: videos without any description: {empty[:5]}")
+        raise AnnotationError(f"{path}: videos without any description: {empty[:5]}; every video needs a caption")
     spans = {}
     for video_id in video_ids:
         if video_id in chunks:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from diffusionret.data.readers.files import AnnotationError, caption, read_text
 from diffusionret.data.records import SplitAnnotations
 
 SPLIT_FILES = {"training": "LSMDC16_annos_training.csv", "val": "LSMDC16_annos_val.csv",
@@ -37,19 +38,18 @@ def read_lsmdc_rows(path: Path) -> list[tuple[str, str]]:
                                 "access at https://sites.google.com/site/describingmovies/download and put the file "
                                 "there")
     rows = []
-    with path.open(encoding="utf-8", newline="") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            fields = line.split("\t", len(FIELDS) - 1)  # a tab inside the sentence stays in the sentence
-            if len(fields) != len(FIELDS):
-                raise ValueError(f"{path}:{number}: expected {len(FIELDS)} tab-separated fields "
-                                 f"({', '.join(FIELDS)}), found {len(fields)}: {line[:120]!r}")
-            clip_id, sentence = fields[0].strip(), " ".join(fields[-1].split())
-            if not clip_id:
-                raise ValueError(f"{path}:{number}: empty clip id")
-            rows.append((clip_id, sentence))
+    for number, line in enumerate(read_text(path).split("\n"), start=1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        fields = line.split("\t", len(FIELDS) - 1)  # a tab inside the sentence stays in the sentence
+        if len(fields) != len(FIELDS):
+            raise AnnotationError(f"{path}:{number}: expected {len(FIELDS)} tab-separated fields "
+                                  f"({', '.join(FIELDS)}), found {len(fields)}: {line[:120]!r}")
+        clip_id, sentence = fields[0].strip(), " ".join(fields[-1].split())
+        if not clip_id:
+            raise AnnotationError(f"{path}:{number}: empty clip id")
+        rows.append((clip_id, caption(sentence, f"{path}:{number}, field `sentence`")))
     return rows
 
 

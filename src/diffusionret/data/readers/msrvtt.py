@@ -20,12 +20,11 @@ role-based behaviour above.
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import numpy as np
 
+from diffusionret.data.readers.files import AnnotationError, caption, csv_rows, expect, read_json
 from diffusionret.data.records import SplitAnnotations
 
 TEST_CSV = "MSRVTT_JSFUSION_test.csv"
@@ -37,29 +36,32 @@ DEFAULT_SPLITS = {"train": "9k", "val": "", "test": "1k-A"}
 
 
 def _read_csv_column(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
-    """Rows of a csv as dicts, after checking that the needed columns exist."""
+    """Rows of a csv as dicts, after checking that the needed columns exist; a `sentence` must be a caption."""
     if not path.is_file():
         raise FileNotFoundError(f"MSRVTT annotation file {path} is missing; run the download stage")
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        absent = [c for c in columns if c not in header]
-        if absent:
-            raise ValueError(f"{path}: missing column(s) {absent}; found header {header}")
-        return [{c: row[c] for c in columns} for row in reader]
+    rows = []
+    for line, row in csv_rows(path, columns):
+        if "sentence" in row:
+            caption(row["sentence"], f"{path}, line {line}, field `sentence`")
+        if not row["video_id"].strip():
+            raise AnnotationError(f"{path}, line {line}, field `video_id`: empty video id; fix that line")
+        rows.append(row)
+    return rows
 
 
 def _read_sentences(path: Path) -> list[dict]:
-    """The `sentences` list of MSRVTT_data.json (each with `video_id` and `caption`)."""
+    """The `sentences` list of MSRVTT_data.json (each with a string `video_id` and a caption)."""
     if not path.is_file():
         raise FileNotFoundError(f"MSRVTT annotation file {path} is missing; run the download stage")
-    with path.open(encoding="utf-8") as f:
-        data = json.load(f)
+    data = read_json(path)
     if not isinstance(data, dict) or "sentences" not in data:
-        raise ValueError(f"{path}: expected a JSON object with a 'sentences' key")
+        raise AnnotationError(f"{path}: expected a JSON object with a 'sentences' key")
+    expect(data["sentences"], list, f"{path}, key `sentences`", "a list of {video_id, caption} objects")
     for i, item in enumerate(data["sentences"]):
         if not isinstance(item, dict) or "video_id" not in item or "caption" not in item:
-            raise ValueError(f"{path}: sentences[{i}] lacks 'video_id' or 'caption': {item!r}")
+            raise AnnotationError(f"{path}: sentences[{i}] lacks 'video_id' or 'caption': {item!r:.200}")
+        expect(item["video_id"], str, f"{path}, sentences[{i}], field `video_id`", "a string video id")
+        caption(item["caption"], f"{path}, sentences[{i}], field `caption`")
     return data["sentences"]
 
 

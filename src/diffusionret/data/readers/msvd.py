@@ -13,16 +13,20 @@ The standard files hold 1970 videos and 80,827 captions; 48,774 / 4,290 / 27,763
 
 from __future__ import annotations
 
-import json
 import pickle
 from collections import Counter
 from pathlib import Path
 
+from diffusionret.data.readers.files import AnnotationError, caption, read_json, read_text
 from diffusionret.data.records import SplitAnnotations
 
 SPLIT_FILES = {"train": "train_list.txt", "val": "val_list.txt", "test": "test_list.txt"}
 DEFAULT_SPLITS = {"train": "train", "val": "val", "test": "test"}
 CAPTION_FILES = ("raw-captions.pkl", "captions_msvd.json")
+
+
+class UnreadablePickle(AnnotationError, pickle.UnpicklingError):
+    """raw-captions.pkl is damaged or holds more than plain containers and strings (named in the message)."""
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -37,22 +41,21 @@ def read_video_list(path: Path) -> list[str]:
     """Ids of a `<split>_list.txt`, one per line (blank lines ignored); duplicates are an error."""
     if not path.is_file():
         raise FileNotFoundError(f"MSVD split list {path} is missing; run the download stage or put the file there")
-    ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    ids = [line.strip() for line in read_text(path).splitlines() if line.strip()]
     if len(set(ids)) != len(ids):
         repeated = [video_id for video_id, count in Counter(ids).items() if count > 1]
         raise ValueError(f"{path}: duplicate video ids {repeated[:5]}")
     return ids
 
 
-def _caption_text(caption, where: str) -> str:
-    """A caption as one string: a list of tokens is joined by spaces, a string is kept."""
-    if isinstance(caption, str):
-        text = caption
-    elif isinstance(caption, (list, tuple)) and all(isinstance(t, str) for t in caption):
-        text = " ".join(caption)
-    else:
-        raise ValueError(f"{where}: a caption must be a string or a list of word strings, got {caption!r}")
-    return " ".join(text.split())
+def _caption_text(value, where: str) -> str:
+    """A caption as one string: a list of tokens is joined by spaces, a string is kept (whitespace normalised)."""
+    if isinstance(value, (list, tuple)) and all(isinstance(t, str) for t in value):
+        value = " ".join(value)
+    elif not isinstance(value, str):
+        raise AnnotationError(f"{where}: a caption must be a string or a list of word strings, got "
+                              f"{type(value).__name__} {value!r:.80}; fix that entry")
+    return caption(" ".join(value.split()), where)
 
 
 def load_captions(root: Path) -> tuple[dict[str, list[str]], Path]:
@@ -63,16 +66,21 @@ def load_captions(root: Path) -> tuple[dict[str, list[str]], Path]:
             continue
         if name.endswith(".pkl"):
             with path.open("rb") as f:
-                data = _PlainUnpickler(f).load()
+                try:
+                    data = _PlainUnpickler(f).load()
+                except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as error:
+                    raise UnreadablePickle(f"{path}: not a readable caption pickle ({type(error).__name__}: "
+                                          f"{error}); restore the original file") from None
         else:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = read_json(path)
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a dict video id -> list of captions, got {type(data).__name__}")
+            raise AnnotationError(f"{path}: expected a dict video id -> list of captions, got {type(data).__name__}")
         captions = {}
         for video_id, items in data.items():
             if not isinstance(items, (list, tuple)):
-                raise ValueError(f"{path}: captions of {video_id!r} must be a list, got {type(items).__name__}")
-            captions[str(video_id)] = [_caption_text(c, f"{path} [{video_id!r}]") for c in items]
+                raise AnnotationError(f"{path}: captions of {video_id!r} must be a list, got {type(items).__name__}")
+            captions[str(video_id)] = [_caption_text(c, f"{path}, video {video_id!r}, caption {i}")
+                                       for i, c in enumerate(items)]
         return captions, path
     raise FileNotFoundError(f"no MSVD caption file under {root}: expected one of {', '.join(CAPTION_FILES)}; run the "
                             "download stage or put one there")
@@ -92,7 +100,7 @@ def read_msvd(root: Path, split: str, *, benchmark: str = "msvd", source_split: 
                          f"(first: {uncaptioned[:5]}); the caption file and the split list do not belong together")
     captions, caption_video = [], []
     for row, video_id in enumerate(video_ids):
-        for caption in captions_of[video_id]:
-            captions.append(caption)
+        for text in captions_of[video_id]:
+            captions.append(text)
             caption_video.append(row)
     return SplitAnnotations(benchmark, split, tuple(video_ids), tuple(captions), tuple(caption_video))
