@@ -137,10 +137,14 @@ class DataParams:
     partial_root: str = "data/partial"  # resumable work in progress, outside DVC outputs
     manifests_root: str = "data/manifests"  # download's small DVC output per benchmark (files found, digests)
     allow_missing: bool = False  # skip annotated videos without a file (counted, logged to MLflow) instead of failing
+    features_dtype: str = "float16"  # storage of the feature cache (computation is always float32)
+    features_loading: str = "auto"  # token features read whole (memory), per batch from disk (disk), or auto
 
     def validate(self, path: str) -> None:
         for name in ("raw_root", "frames_root", "features_root", "partial_root", "manifests_root"):
             _check(bool(getattr(self, name)), f"{path}.{name}", getattr(self, name), "a non-empty path")
+        _in(f"{path}.features_dtype", self.features_dtype, ("float16", "float32"))
+        _in(f"{path}.features_loading", self.features_loading, ("auto", "memory", "disk"))
 
 
 @dataclass(frozen=True)

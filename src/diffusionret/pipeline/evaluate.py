@@ -49,7 +49,7 @@ import torch
 from diffusionret import tracking
 from diffusionret.config import Params, PostprocessParams, flatten
 from diffusionret.diffusion import create_diffusion
-from diffusionret.features import SplitFeatures, load_split_features
+from diffusionret.features import SplitFeatures, load_split_features, similarity_in_chunks
 from diffusionret.metrics import (DEFAULT_KS, DEFAULT_TIES, chance_metrics, faithful_msvd_groups, t2v_metrics,
                                   v2t_metrics)
 from diffusionret.model.checkpoint import load_extractor, load_generator
@@ -136,12 +136,7 @@ def check_selection(selection: str, trained: str, metadata: dict[str, dict]) -> 
 
 def _similarity(extractor, text: TextFeatures, video: VideoFeatures, chunk_size: int) -> torch.Tensor:
     """Stage-1 similarity (C, V) computed `chunk_size` text rows at a time."""
-    rows = []
-    for start in range(0, text.sentence.shape[0], chunk_size):
-        part = slice(start, start + chunk_size)
-        rows.append(extractor.similarity(TextFeatures(tokens=text.tokens[part], mask=text.mask[part],
-                                                      sentence=text.sentence[part]), video).float())
-    return torch.cat(rows)
+    return similarity_in_chunks(extractor, text, video, chunk_size)
 
 
 def _query_evidence(extractor, generator, diffusion, direction: str, queries: SplitFeatures,
@@ -200,8 +195,9 @@ def score_ood(extractor, generator, diffusion, in_dist: SplitFeatures, shifted: 
 
 def score_cell(trained: str, evaluated: str, params: Params, paths: Paths) -> CellScores:
     """Stage-1, re-ranked (every draw) and querybank matrices of one (trained, evaluated) cell."""
-    test = load_split_features(paths.features(trained, evaluated), "test")
-    train = load_split_features(paths.features(trained, trained), "train")  # the querybank's source
+    loading = params.data.features_loading
+    test = load_split_features(paths.features(trained, evaluated), "test", loading)
+    train = load_split_features(paths.features(trained, trained), "train", loading)  # the querybank's source
     extractor, disc_meta = load_extractor(paths.disc_model(trained))
     generator, gen_meta = load_generator(paths.gen_model(trained))
     settings, post = params.eval, params.postprocess
@@ -238,7 +234,7 @@ def score_cell(trained: str, evaluated: str, params: Params, paths: Paths) -> Ce
 
     ood = None
     if trained != evaluated:  # A's own test split is the in-distribution side and the gallery
-        in_dist = load_split_features(paths.features(trained, trained), "test")
+        in_dist = load_split_features(paths.features(trained, trained), "test", loading)
         ood = score_ood(extractor, generator, diffusion, in_dist, test, settings, seeds)
 
     def stack(matrices: list[torch.Tensor]) -> np.ndarray:

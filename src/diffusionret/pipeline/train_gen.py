@@ -17,7 +17,7 @@ from diffusionret import tracking
 from diffusionret.config import Params, flatten
 from diffusionret.data.batches import global_batch_indices, local_slice
 from diffusionret.diffusion import GaussianDiffusion, create_diffusion
-from diffusionret.features import SplitFeatures, load_split_features, video_keys
+from diffusionret.features import SplitFeatures, load_split_features, similarity_in_chunks, video_keys
 from diffusionret.metrics import retrieval_metrics
 from diffusionret.model.checkpoint import load_extractor, save_module
 from diffusionret.model.denoiser import Generator
@@ -32,7 +32,8 @@ from diffusionret.train import Progress, TrainingState, run_training
 
 
 def feature_batch(features: SplitFeatures, keys: torch.Tensor, indices: np.ndarray) -> dict[str, torch.Tensor]:
-    """Cached features of the captions at `indices` and of their videos."""
+    """Cached features (float32) of the captions at `indices` and of their videos; token rows are read from
+    disk here when the cache is too large to hold (`DiskTokens`)."""
     index = torch.as_tensor(indices, dtype=torch.long)
     videos = keys[index]
     return {"text_tokens": features.text.tokens[index], "text_mask": features.text.mask[index],
@@ -45,7 +46,7 @@ def rerank_val_r1(generator: Generator, diffusion: GaussianDiffusion, extractor:
                   chunk_size: int) -> float:
     """t2v R@1 on the validation split after diffusion re-ranking (the stage-2 selection metric)."""
     with torch.no_grad():
-        scores = extractor.similarity(features.text, features.video)  # (C, V)
+        scores = similarity_in_chunks(extractor, features.text, features.video, chunk_size)  # (C, V)
         result = rerank_t2v(scores, features.text.sentence, features.video.frames, features.video.mask,
                             generator.t2v, diffusion, k=min(k, scores.shape[1]), temperature=temperature,
                             alpha=alpha, seed=seed)
@@ -60,8 +61,9 @@ def train_gen(name: str, params: Params, paths: Paths, repo_root: Path) -> dict:
     accelerator = make_accelerator(params.train.precision)
     split = partition(accelerator, settings, "train_gen")
     features_dir = paths.features(name, name)
-    train_features = load_split_features(features_dir, "train")
-    val_features = load_split_features(features_dir, params.eval.selection)  # "test" only for the official protocol
+    train_features = load_split_features(features_dir, "train", params.data.features_loading)
+    val_features = load_split_features(features_dir, params.eval.selection,  # "test" only for the official protocol
+                                       params.data.features_loading)
     extractor, _ = load_extractor(paths.disc_model(name))
     extractor.requires_grad_(False)
     extractor.to(accelerator.device)

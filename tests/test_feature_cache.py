@@ -1,0 +1,132 @@
+"""The feature cache: float16 storage read back as float32, and token features read per batch from disk."""
+
+import numpy as np
+import pytest
+import torch
+
+from diffusionret.data.records import SplitAnnotations
+from diffusionret.features import (DiskTokens, SplitFeatureWriter, load_split_features, save_split_features,
+                                   similarity_in_chunks, tokens_fit_in_memory)
+from diffusionret.model.extractor import TextFeatures, VideoFeatures, build_feature_extractor
+from diffusionret.pipeline.train_gen import feature_batch
+
+# float16 keeps 11 significant bits: round-to-nearest errs by at most half a unit in the last place, i.e. 2^-11
+# of the value for normal numbers, and by at most half the smallest subnormal step (2^-25) below 2^-14.
+FP16_RTOL, FP16_ATOL = 2.0 ** -11, 2.0 ** -25
+
+
+def make_split(num_videos=6, captions_per_video=3, words=7, frames=4, width=16, scale=3.0, seed=0):
+    rng = torch.Generator().manual_seed(seed)
+    num_captions = num_videos * captions_per_video
+    lengths = torch.randint(2, words + 1, (num_captions,), generator=rng)
+    text_mask = (torch.arange(words)[None] < lengths[:, None]).long()  # (C, L)
+    tokens = torch.randn(num_captions, words, width, generator=rng) * scale  # (C, L, D)
+    text = TextFeatures(tokens=tokens, mask=text_mask, sentence=tokens[torch.arange(num_captions), lengths - 1])
+    video_mask = torch.ones(num_videos, frames, dtype=torch.long)
+    video_mask[0, -1] = 0
+    video = VideoFeatures(frames=torch.randn(num_videos, frames, width, generator=rng) * scale, mask=video_mask)
+    annotations = SplitAnnotations(benchmark="b", split="train", video_ids=tuple(f"v{i}" for i in range(num_videos)),
+                                   captions=tuple(f"caption {i}" for i in range(num_captions)),
+                                   caption_video=tuple(i // captions_per_video for i in range(num_captions)))
+    return text, video, annotations
+
+
+def assert_fp16_rounding(stored: torch.Tensor, original: torch.Tensor) -> None:
+    assert stored.dtype == torch.float32
+    error = (stored.double() - original.double()).abs()
+    bound = FP16_RTOL * original.double().abs() + FP16_ATOL
+    assert bool((error <= bound).all()), float((error - bound).max())
+    assert float(error.max()) > 0  # it really went through float16
+
+
+def test_float16_round_trip_within_float16_rounding(tmp_path):
+    text, video, annotations = make_split()
+    save_split_features(tmp_path, "train", text, video, annotations, dtype="float16")
+    assert np.load(tmp_path / "train.tokens.npy", mmap_mode="r").dtype == np.float16
+    loaded = load_split_features(tmp_path, "train", "memory")
+    assert_fp16_rounding(loaded.text.tokens, text.tokens)
+    assert_fp16_rounding(loaded.text.sentence, text.sentence)
+    assert_fp16_rounding(loaded.video.frames, video.frames)
+    assert torch.equal(loaded.text.mask, text.mask) and torch.equal(loaded.video.mask, video.mask)
+    assert loaded.annotations == annotations
+
+
+def test_float32_storage_is_exact(tmp_path):
+    text, video, annotations = make_split()
+    save_split_features(tmp_path, "train", text, video, annotations, dtype="float32")
+    loaded = load_split_features(tmp_path, "train", "disk")
+    assert torch.equal(loaded.text.tokens[:], text.tokens)
+    assert torch.equal(loaded.video.frames, video.frames)
+
+
+def test_float16_overflow_is_an_error_naming_the_fix(tmp_path):
+    text, video, annotations = make_split()
+    text.tokens[0, 0, 0] = 7.0e4
+    with pytest.raises(ValueError, match="features_dtype: float32"):
+        save_split_features(tmp_path, "train", text, video, annotations, dtype="float16")
+
+
+def test_blockwise_writer_equals_one_shot_and_leaves_no_temporary(tmp_path):
+    text, video, annotations = make_split()
+    writer = SplitFeatureWriter(tmp_path / "blocks", "train", len(text.tokens), "float16")
+    for start in range(0, len(text.tokens), 5):
+        part = slice(start, start + 5)
+        writer.add_text(TextFeatures(tokens=text.tokens[part], mask=text.mask[part], sentence=text.sentence[part]))
+    writer.finish(video, annotations)
+    save_split_features(tmp_path / "whole", "train", text, video, annotations, dtype="float16")
+    for name in ("train.tokens.npy", "train.safetensors"):
+        assert (tmp_path / "blocks" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "blocks").iterdir()) == ["train.json", "train.safetensors",
+                                                                     "train.tokens.npy"]
+
+
+def test_incomplete_writer_refuses_to_finish(tmp_path):
+    text, video, annotations = make_split()
+    writer = SplitFeatureWriter(tmp_path, "train", len(text.tokens), "float16")
+    writer.add_text(TextFeatures(tokens=text.tokens[:4], mask=text.mask[:4], sentence=text.sentence[:4]))
+    with pytest.raises(ValueError, match="4 of 18 captions"):
+        writer.finish(video, annotations)
+    assert not (tmp_path / "train.tokens.npy").exists()
+
+
+def test_disk_tokens_index_like_a_tensor(tmp_path):
+    text, video, annotations = make_split()
+    save_split_features(tmp_path, "train", text, video, annotations, dtype="float32")
+    disk = DiskTokens(tmp_path / "train.tokens.npy")
+    assert disk.shape == text.tokens.shape and len(disk) == len(text.tokens)
+    index = torch.tensor([5, 1, 5, 17, 0])
+    assert torch.equal(disk[index], text.tokens[index])
+    assert torch.equal(disk[index.numpy()], text.tokens[index])
+    assert torch.equal(disk[3:11], text.tokens[3:11])
+    assert torch.equal(disk[4], text.tokens[4])
+
+
+def test_missing_cache_names_the_stage(tmp_path):
+    with pytest.raises(FileNotFoundError, match="extract"):
+        load_split_features(tmp_path, "train")
+
+
+def test_auto_loading_threshold_is_half_the_memory():
+    shape = (1000, 32, 512)  # 65.5 MB in float32
+    assert tokens_fit_in_memory(shape, limit_bytes=2 * 1000 * 32 * 512 * 4)
+    assert not tokens_fit_in_memory(shape, limit_bytes=2 * 1000 * 32 * 512 * 4 - 2)
+
+
+def test_disk_path_gives_the_scores_and_batches_of_the_memory_path(tmp_path):
+    text, video, annotations = make_split(width=64, words=16)
+    save_split_features(tmp_path, "train", text, video, annotations, dtype="float16")
+    in_memory = load_split_features(tmp_path, "train", "memory")
+    on_disk = load_split_features(tmp_path, "train", "disk")
+    assert isinstance(on_disk.text.tokens, DiskTokens) and isinstance(in_memory.text.tokens, torch.Tensor)
+    torch.manual_seed(0)
+    extractor = build_feature_extractor("tiny", temporal="none", vocab_size=40).eval()
+    with torch.no_grad():
+        reference = extractor.similarity(in_memory.text, in_memory.video)  # all captions at once, in memory
+        chunked = similarity_in_chunks(extractor, on_disk.text, on_disk.video, chunk_size=4)
+    torch.testing.assert_close(chunked, reference, rtol=0, atol=1e-6)
+    keys = torch.tensor(annotations.caption_video)
+    indices = np.array([7, 2, 16, 9])
+    disk_batch, memory_batch = feature_batch(on_disk, keys, indices), feature_batch(in_memory, keys, indices)
+    assert disk_batch.keys() == memory_batch.keys()
+    for name in disk_batch:
+        assert torch.equal(disk_batch[name], memory_batch[name]), name
