@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diffusionret.data.records import SplitAnnotations
-from diffusionret.features import (DiskTokens, SplitFeatureWriter, load_split_features, save_split_features,
+from diffusionret.features import (TokenRows, SplitFeatureWriter, load_split_features, save_split_features,
                                    similarity_in_chunks, tokens_fit_in_memory)
 from diffusionret.model.extractor import TextFeatures, VideoFeatures, build_feature_extractor
 from diffusionret.pipeline.train_gen import feature_batch
@@ -44,7 +44,7 @@ def test_float16_round_trip_within_float16_rounding(tmp_path):
     save_split_features(tmp_path, "train", text, video, annotations, dtype="float16")
     assert np.load(tmp_path / "train.tokens.npy", mmap_mode="r").dtype == np.float16
     loaded = load_split_features(tmp_path, "train", "memory")
-    assert_fp16_rounding(loaded.text.tokens, text.tokens)
+    assert_fp16_rounding(loaded.text.tokens[:], text.tokens)
     assert_fp16_rounding(loaded.text.sentence, text.sentence)
     assert_fp16_rounding(loaded.video.frames, video.frames)
     assert torch.equal(loaded.text.mask, text.mask) and torch.equal(loaded.video.mask, video.mask)
@@ -92,13 +92,14 @@ def test_incomplete_writer_refuses_to_finish(tmp_path):
 def test_disk_tokens_index_like_a_tensor(tmp_path):
     text, video, annotations = make_split()
     save_split_features(tmp_path, "train", text, video, annotations, dtype="float32")
-    disk = DiskTokens(tmp_path / "train.tokens.npy")
-    assert disk.shape == text.tokens.shape and len(disk) == len(text.tokens)
-    index = torch.tensor([5, 1, 5, 17, 0])
-    assert torch.equal(disk[index], text.tokens[index])
-    assert torch.equal(disk[index.numpy()], text.tokens[index])
-    assert torch.equal(disk[3:11], text.tokens[3:11])
-    assert torch.equal(disk[4], text.tokens[4])
+    for in_memory in (False, True):
+        rows = TokenRows(tmp_path / "train.tokens.npy", in_memory=in_memory)
+        assert rows.shape == text.tokens.shape and len(rows) == len(text.tokens)
+        index = torch.tensor([5, 1, 5, 17, 0])
+        assert torch.equal(rows[index], text.tokens[index])
+        assert torch.equal(rows[index.numpy()], text.tokens[index])
+        assert torch.equal(rows[3:11], text.tokens[3:11])
+        assert torch.equal(rows[4], text.tokens[4])
 
 
 def test_missing_cache_names_the_stage(tmp_path):
@@ -106,10 +107,14 @@ def test_missing_cache_names_the_stage(tmp_path):
         load_split_features(tmp_path, "train")
 
 
-def test_auto_loading_threshold_is_half_the_memory():
-    shape = (1000, 32, 512)  # 65.5 MB in float32
-    assert tokens_fit_in_memory(shape, limit_bytes=2 * 1000 * 32 * 512 * 4)
-    assert not tokens_fit_in_memory(shape, limit_bytes=2 * 1000 * 32 * 512 * 4 - 2)
+def test_auto_loading_threshold_is_half_the_memory(tmp_path):
+    stored = 1000 * 32 * 512 * 2  # 1000 captions of 32 x 512 float16
+    assert tokens_fit_in_memory(stored, limit_bytes=2 * stored)
+    assert not tokens_fit_in_memory(stored, limit_bytes=2 * stored - 2)
+    text, video, annotations = make_split()
+    save_split_features(tmp_path, "train", text, video, annotations)
+    assert load_split_features(tmp_path, "train", "auto").text.tokens.in_memory  # a few kB
+    assert not load_split_features(tmp_path, "train", "disk").text.tokens.in_memory
 
 
 def test_disk_path_gives_the_scores_and_batches_of_the_memory_path(tmp_path):
@@ -117,11 +122,12 @@ def test_disk_path_gives_the_scores_and_batches_of_the_memory_path(tmp_path):
     save_split_features(tmp_path, "train", text, video, annotations, dtype="float16")
     in_memory = load_split_features(tmp_path, "train", "memory")
     on_disk = load_split_features(tmp_path, "train", "disk")
-    assert isinstance(on_disk.text.tokens, DiskTokens) and isinstance(in_memory.text.tokens, torch.Tensor)
+    assert not on_disk.text.tokens.in_memory and in_memory.text.tokens.in_memory
     torch.manual_seed(0)
     extractor = build_feature_extractor("tiny", temporal="none", vocab_size=40).eval()
+    whole = TextFeatures(tokens=in_memory.text.tokens[:], mask=in_memory.text.mask, sentence=in_memory.text.sentence)
     with torch.no_grad():
-        reference = extractor.similarity(in_memory.text, in_memory.video)  # all captions at once, in memory
+        reference = extractor.similarity(whole, in_memory.video)  # all captions at once, as one float32 tensor
         chunked = similarity_in_chunks(extractor, on_disk.text, on_disk.video, chunk_size=4)
     torch.testing.assert_close(chunked, reference, rtol=0, atol=1e-6)
     keys = torch.tensor(annotations.caption_video)

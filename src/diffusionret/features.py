@@ -8,9 +8,10 @@ float32, a relative rounding of at most 2^-11 = 4.9e-4; bfloat16 would round at 
 to float32 when read, so every computation stays float32. Values beyond float16's range (65504) stop the
 extraction with the fix named instead of turning into infinities.
 
-Reading: the token features are loaded whole (as float32) when they fit in half of the machine's memory
-(`data.features_loading: auto`); otherwise they stay on disk as a `DiskTokens` array that memory-maps the
-file only while it copies the rows a batch or block asks for, so the process never holds more than those.
+Reading: the token features come as a `TokenRows` array that converts the rows a batch or block asks for to
+float32. It holds the stored array in memory when that takes at most half of the machine's memory
+(`data.features_loading: auto`); otherwise it memory-maps the file only while it copies those rows, so the
+process never holds more than them.
 """
 
 from __future__ import annotations
@@ -34,24 +35,27 @@ FLOAT16_MAX = 65504.0
 
 @dataclass
 class SplitFeatures:
-    text: TextFeatures  # tokens (C, L, D) (a DiskTokens when read from disk per batch), mask (C, L), sentence (C, D)
+    text: TextFeatures  # tokens (C, L, D) (a TokenRows when read from disk per batch), mask (C, L), sentence (C, D)
     video: VideoFeatures  # frames (V, T, D) after the temporal module, mask (V, T)
     annotations: SplitAnnotations
 
 
-class DiskTokens:
-    """Caption token features (C, L, D) kept in a .npy file; indexing returns the rows as a float32 tensor.
+class TokenRows:
+    """Caption token features (C, L, D) as stored (float16 or float32); indexing returns float32 rows.
 
-    The file is memory-mapped only for the duration of one `[]` (a batch or a block of rows), so pages
-    read for earlier batches are not kept in the process. Accepts what a tensor row index accepts: an int,
-    a slice, a 1-D integer tensor, array or list.
+    In memory (`in_memory=True`) the stored array is read once and kept, in its storage dtype (half the size of
+    float32 for float16). On disk the file is memory-mapped only for the duration of one `[]` (a batch or a
+    block of rows), so pages read for earlier batches are not kept in the process. Accepts what a tensor row
+    index accepts: an int, a slice, a 1-D integer tensor, array or list.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, in_memory: bool = False):
         self.path = Path(path)
         array = np.load(self.path, mmap_mode="r")
         self.shape = torch.Size(array.shape)
         self.storage_dtype = array.dtype
+        self.in_memory = in_memory
+        self._array = np.array(array) if in_memory else None  # (C, L, D) stored dtype
         del array
         self.dtype = torch.float32  # what indexing returns
 
@@ -61,6 +65,8 @@ class DiskTokens:
     def __getitem__(self, index) -> torch.Tensor:
         if isinstance(index, torch.Tensor):
             index = index.cpu().numpy()
+        if self._array is not None:
+            return torch.from_numpy(np.array(self._array[index])).float()
         array = np.load(self.path, mmap_mode="r")  # (C, L, D), mapped for this read only
         try:
             rows = np.array(array[index])  # a copy of the requested rows
@@ -69,7 +75,8 @@ class DiskTokens:
         return torch.from_numpy(rows).float()
 
     def __repr__(self) -> str:
-        return f"DiskTokens({self.path}, shape={tuple(self.shape)}, stored as {self.storage_dtype})"
+        where = "in memory" if self.in_memory else "on disk"
+        return f"TokenRows({self.path}, shape={tuple(self.shape)}, {self.storage_dtype} {where})"
 
 
 def memory_limit_bytes() -> int:
@@ -85,10 +92,10 @@ def memory_limit_bytes() -> int:
     return limit
 
 
-def tokens_fit_in_memory(shape: tuple[int, ...], limit_bytes: int | None = None) -> bool:
-    """Whether float32 token features of `shape` take at most half of the memory limit."""
+def tokens_fit_in_memory(stored_bytes: int, limit_bytes: int | None = None) -> bool:
+    """Whether token features of `stored_bytes` on disk take at most half of the memory limit."""
     limit = memory_limit_bytes() if limit_bytes is None else limit_bytes
-    return int(np.prod(shape)) * 4 <= limit // 2
+    return stored_bytes <= limit // 2
 
 
 def to_storage(tensor: torch.Tensor, dtype: str, what: str) -> torch.Tensor:
@@ -167,8 +174,9 @@ def save_split_features(directory: Path, split: str, text: TextFeatures, video: 
 def load_split_features(directory: Path, split: str, loading: str = "auto") -> SplitFeatures:
     """Read a cached split as float32, with a clear error naming the stage to run when it is missing.
 
-    loading: "memory" loads the token features whole, "disk" leaves them on disk (`DiskTokens`, read per
-    batch), "auto" loads them whole only when, in float32, they take at most half of the memory limit.
+    The token features come as `TokenRows` (float32 rows per batch or block): loading "memory" keeps the stored
+    array in memory, "disk" reads the rows from disk per batch, "auto" keeps them in memory only when the
+    stored array takes at most half of the memory limit.
     """
     from diffusionret.data.records import load_annotations
 
@@ -180,9 +188,8 @@ def load_split_features(directory: Path, split: str, loading: str = "auto") -> S
         raise FileNotFoundError(f"{missing} is missing: run the `extract` stage that writes {directory} "
                                 f"(`dvc repro`)")
     tensors = load_file(str(path))
-    tokens = DiskTokens(tokens_path)
-    if loading == "memory" or (loading == "auto" and tokens_fit_in_memory(tuple(tokens.shape))):
-        tokens = tokens[:]  # (C, L, D) float32
+    in_memory = loading == "memory" or (loading == "auto" and tokens_fit_in_memory(tokens_path.stat().st_size))
+    tokens = TokenRows(tokens_path, in_memory=in_memory)  # (C, L, D), float32 rows per batch
     return SplitFeatures(
         text=TextFeatures(tokens=tokens, mask=tensors["text_mask"], sentence=tensors["sentence"].float()),
         video=VideoFeatures(frames=tensors["video_frames"].float(), mask=tensors["video_mask"]),

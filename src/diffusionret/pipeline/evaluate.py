@@ -197,7 +197,8 @@ def score_cell(trained: str, evaluated: str, params: Params, paths: Paths) -> Ce
     """Stage-1, re-ranked (every draw) and querybank matrices of one (trained, evaluated) cell."""
     loading = params.data.features_loading
     test = load_split_features(paths.features(trained, evaluated), "test", loading)
-    train = load_split_features(paths.features(trained, trained), "train", loading)  # the querybank's source
+    # the querybank's source: only its qbnorm_bank_size rows are read, so the training split stays on disk
+    train = load_split_features(paths.features(trained, trained), "train", "disk")
     extractor, disc_meta = load_extractor(paths.disc_model(trained))
     generator, gen_meta = load_generator(paths.gen_model(trained))
     settings, post = params.eval, params.postprocess
