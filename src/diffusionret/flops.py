@@ -5,9 +5,10 @@ matrix products, convolutions and attention of a forward + backward pass (elemen
 so these are lower bounds of the arithmetic, and time projections from them assume the products dominate).
 
 Stage 1 step at global batch B: B x (forward + backward of one clip's text and video encoders) + the
-contrastive head and loss on the (B, B) similarity, counted separately at B because it grows as B^2.
+contrastive head and loss on the (B, B) similarity, counted separately at B because it grows as B^2
+(the sum equals a direct count of the step at B; tested).
 Stage 2 step: the generation objective (frozen WTI scores for the hard negatives, both denoisers on B queries
-x B candidates, backward through the denoisers), counted at two batches and fitted as a B + c B^2.
+x B candidates, backward through the denoisers), counted directly at B.
 Extraction: the forward pass of every caption and every video once.
 """
 
@@ -52,9 +53,11 @@ def stage1_flops(extractor, *, batch: int, frames: int, words: int) -> StepFlops
     config = extractor.backbone.clip.config
     image, vocab = config.vision_config.image_size, config.text_config.vocab_size
     width = extractor.backbone.width
-    one = {"input_ids": torch.randint(3, vocab - 2, (1, words)), "attention_mask": torch.ones(1, words, dtype=torch.long),
-           "frames": torch.randint(0, 256, (1, frames, image, image, 3), dtype=torch.uint8),
-           "frame_mask": torch.ones(1, frames, dtype=torch.bool)}
+    device = next(extractor.parameters()).device
+    one = {"input_ids": torch.randint(3, vocab - 2, (1, words), device=device),
+           "attention_mask": torch.ones(1, words, dtype=torch.long, device=device),
+           "frames": torch.randint(0, 256, (1, frames, image, image, 3), dtype=torch.uint8, device=device),
+           "frame_mask": torch.ones(1, frames, dtype=torch.bool, device=device)}
     objective = ContrastiveObjective(extractor)
     clip_train = count_flops(lambda: objective.backward_step(one))
     with torch.no_grad():
@@ -62,52 +65,42 @@ def stage1_flops(extractor, *, batch: int, frames: int, words: int) -> StepFlops
         video_forward = count_flops(lambda: extractor.encode_video(one["frames"], one["frame_mask"]))
     extractor.zero_grad(set_to_none=True)
 
-    def head_step() -> None:
-        text = TextFeatures(tokens=torch.randn(batch, words, width, requires_grad=True),
-                            mask=torch.ones(batch, words, dtype=torch.long),
-                            sentence=torch.randn(batch, width, requires_grad=True))  # (B, L, D), (B, D)
-        video = VideoFeatures(frames=torch.randn(batch, frames, width, requires_grad=True),
-                              mask=torch.ones(batch, frames, dtype=torch.bool))  # (B, T, D)
+    def head_step(batch: int) -> None:
+        text = TextFeatures(tokens=torch.randn(batch, words, width, device=device, requires_grad=True),
+                            mask=torch.ones(batch, words, dtype=torch.long, device=device),
+                            sentence=torch.randn(batch, width, device=device, requires_grad=True))  # (B, L, D), (B, D)
+        video = VideoFeatures(frames=torch.randn(batch, frames, width, device=device, requires_grad=True),
+                              mask=torch.ones(batch, frames, dtype=torch.bool, device=device))  # (B, T, D)
         contrastive_loss(extractor.similarity(text, video), extractor.logit_scale).backward()
 
-    head_train = count_flops(head_step)
+    head_train, head_one = count_flops(lambda: head_step(batch)), count_flops(lambda: head_step(1))
     extractor.zero_grad(set_to_none=True)
+    # clip_train already holds the head at batch 1 (its token/frame weight MLPs grow with B, the WTI with B^2)
     return StepFlops(clip_train=clip_train, text_forward=text_forward, video_forward=video_forward,
-                     head_train=head_train,
-                     step=batch * clip_train + head_train, batch=batch)
+                     head_train=head_train, step=batch * (clip_train - head_one) + head_train, batch=batch)
 
 
 def stage2_flops(extractor, *, batch: int, frames: int, words: int, diffusion_steps: int,
-                 frame_temperature: float = 1.0, fit_batches: tuple[int, int] = (16, 32)) -> int:
-    """Counted FLOPs of one stage-2 step at global batch `batch` (B - 1 negatives per query).
-
-    Counted at the two `fit_batches` (cheap on a CPU) and extrapolated with a B + c B^2: every query attends
-    to B candidates, so the step grows quadratically."""
+                 frame_temperature: float = 1.0) -> int:
+    """Counted FLOPs of one stage-2 step at global batch `batch` (B - 1 negatives per query)."""
     from diffusionret.config import TrainGenParams
     from diffusionret.diffusion import create_diffusion
     from diffusionret.model.denoiser import Generator
     from diffusionret.objectives import GenerationObjective
 
     width = extractor.backbone.width
-    diffusion = create_diffusion(diffusion_steps)
-
-    def counted(size: int) -> int:
-        generator = Generator(width, frame_temperature=frame_temperature, seed=0)
-        settings = TrainGenParams(global_batch=size, num_negatives=size - 1, frame_temperature=frame_temperature)
-        objective = GenerationObjective(generator, diffusion, extractor, settings, torch.Generator().manual_seed(0))
-        cached = {"text_tokens": torch.randn(size, words, width), "text_mask": torch.ones(size, words, dtype=torch.long),
-                  "sentence": torch.randn(size, width), "video_frames": torch.randn(size, frames, width),
-                  "video_mask": torch.ones(size, frames, dtype=torch.bool), "video_key": torch.arange(size)}
-        return count_flops(lambda: objective.backward_step(cached))
-
-    small, large = fit_batches
-    if batch in fit_batches:
-        return counted(batch)
-    f_small, f_large = counted(small), counted(large)
-    # f(B) = a B + c B^2 through both points
-    quadratic = (f_large / large - f_small / small) / (large - small)
-    linear = f_small / small - quadratic * small
-    return int(round(linear * batch + quadratic * batch * batch))
+    device = next(extractor.parameters()).device
+    generator = Generator(width, frame_temperature=frame_temperature, seed=0).to(device)
+    settings = TrainGenParams(global_batch=batch, num_negatives=batch - 1, frame_temperature=frame_temperature)
+    noise = torch.Generator(device=device).manual_seed(0)
+    objective = GenerationObjective(generator, create_diffusion(diffusion_steps), extractor, settings, noise)
+    cached = {"text_tokens": torch.randn(batch, words, width, device=device),  # (B, L, D)
+              "text_mask": torch.ones(batch, words, dtype=torch.long, device=device),
+              "sentence": torch.randn(batch, width, device=device),  # (B, D)
+              "video_frames": torch.randn(batch, frames, width, device=device),  # (B, T, D)
+              "video_mask": torch.ones(batch, frames, dtype=torch.bool, device=device),
+              "video_key": torch.arange(batch, device=device)}
+    return count_flops(lambda: objective.backward_step(cached))
 
 
 def hours(total_flops: float, peak_tflops: float, utilisation: float, devices: int = 1) -> float:
