@@ -56,3 +56,18 @@ def test_hours_and_projection_arithmetic():
     assert rows[0]["pflop"] == (3 * 128 + 5) * 5 * 1406 / 1e15
     assert rows[1]["pflop"] == (181_000 * 1 + 10_000 * 2) / 1e15
     assert rows[2]["pflop"] == 7 * 5 * 2812 / 1e15
+
+
+def test_model_summary_flops_json_projects_hours_from_the_counts(capsys):
+    import json
+
+    from diffusionret.cli import main
+
+    assert main(["model-summary", "--flops", "--json", "-S", "train.global_batch=8", "-S", "train_gen.global_batch=8",
+                 "-S", "train_gen.num_negatives=7", "--utilisation", "0.5"]) == 0
+    result = json.loads(capsys.readouterr().out)["flops"]
+    stage1 = result["projection_hours"][0]
+    steps = 5 * (180_000 // 8)
+    assert result["workload"]["stage1_steps"] == steps
+    assert abs(stage1["pflop"] - result["gflop"]["stage1_step"] * 1e9 * steps / 1e15) < 1e-9
+    assert abs(stage1["H200 (bf16)"] - stage1["pflop"] * 1e15 / (989e12 * 0.5) / 3600) < 1e-12
