@@ -25,6 +25,7 @@ on disk. The growth per stage is the least-squares slope of log(time) and log(pe
     .venv/bin/python benchmarks/scale.py                      # all four sizes (results in <work>/results.json)
     .venv/bin/python benchmarks/scale.py --fractions 0.125    # one size
     .venv/bin/python benchmarks/scale.py --table-only         # print the table of what results.json holds
+    .venv/bin/python benchmarks/scale.py --fractions 1 --reuse --stages train_gen evaluate   # re-measure (after --keep)
 
 It needs about 15 GB of free disk at full size (the float16 token features of 180,000 captions are 5.9 GB).
 """
@@ -202,6 +203,10 @@ def main() -> None:
     parser.add_argument("--features-loading", default="auto")
     parser.add_argument("--keep", action="store_true", help="keep each size's workspace (default: delete the "
                                                             "feature cache and frames after measuring)")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
+                        help="with --reuse: re-measure only these stages in the kept workspace")
+    parser.add_argument("--reuse", action="store_true", help="keep the size's existing workspace (from --keep) "
+                                                             "and re-measure --stages only")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     results_path = args.work / "results.json"
@@ -216,16 +221,19 @@ def main() -> None:
     for fraction in sorted(args.fractions):
         n = sizes(fraction)
         workspace = args.work / f"size-{fraction:g}"
-        if workspace.exists():
-            shutil.rmtree(workspace)
-        workspace.mkdir(parents=True)
-        make_benchmark(workspace / "raw" / NAME, args.work / "pool", n)
+        if args.reuse and f"{fraction:g}" in results:
+            point, stages = results[f"{fraction:g}"], args.stages
+        else:
+            if workspace.exists():
+                shutil.rmtree(workspace)
+            workspace.mkdir(parents=True)
+            make_benchmark(workspace / "raw" / NAME, args.work / "pool", n)
+            point, stages = {"fraction": fraction, "sizes": n, "stages": {}}, STAGES
         write_params(workspace, n, args)
-        point = {"fraction": fraction, "sizes": n, "stages": {},
-                 "settings": {"stage1_steps": args.stage1_steps, "stage2_steps": args.stage2_steps,
-                              "features_dtype": args.features_dtype, "features_loading": args.features_loading,
-                              "workers": args.workers}}
-        for stage in STAGES:
+        point["settings"] = {"stage1_steps": args.stage1_steps, "stage2_steps": args.stage2_steps,
+                             "features_dtype": args.features_dtype, "features_loading": args.features_loading,
+                             "workers": args.workers}
+        for stage in stages:
             point["stages"][stage] = run_stage(workspace, stage)
             if stage == "extract":
                 point["cache_gib"] = round(directory_gib(workspace / "data" / "features"), 3)

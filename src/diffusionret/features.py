@@ -55,8 +55,9 @@ class TokenRows:
         self.shape = torch.Size(array.shape)
         self.storage_dtype = array.dtype
         self.in_memory = in_memory
-        self._array = np.array(array) if in_memory else None  # (C, L, D) stored dtype
         del array
+        # a plain read, not a copy out of the mapping: mapped pages would count in the process's memory on top
+        self._array = np.load(self.path) if in_memory else None  # (C, L, D) stored dtype
         self.dtype = torch.float32  # what indexing returns
 
     def __len__(self) -> int:
