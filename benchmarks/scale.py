@@ -200,7 +200,7 @@ def main() -> None:
     parser.add_argument("--stage2-steps", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--features-dtype", default="float16")
-    parser.add_argument("--features-loading", default="auto")
+    parser.add_argument("--features-loading", default="disk")
     parser.add_argument("--keep", action="store_true", help="keep each size's workspace (default: delete the "
                                                             "feature cache and frames after measuring)")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),

@@ -138,7 +138,7 @@ class DataParams:
     manifests_root: str = "data/manifests"  # download's small DVC output per benchmark (files found, digests)
     allow_missing: bool = False  # skip annotated videos without a file (counted, logged to MLflow) instead of failing
     features_dtype: str = "float16"  # storage of the feature cache (computation is always float32)
-    features_loading: str = "auto"  # token features read whole (memory), per batch from disk (disk), or auto
+    features_loading: str = "disk"  # token features read per batch from disk (disk), held whole (memory), or auto
 
     def validate(self, path: str) -> None:
         for name in ("raw_root", "frames_root", "features_root", "partial_root", "manifests_root"):

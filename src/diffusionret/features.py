@@ -9,9 +9,9 @@ to float32 when read, so every computation stays float32. Values beyond float16'
 extraction with the fix named instead of turning into infinities.
 
 Reading: the token features come as a `TokenRows` array that converts the rows a batch or block asks for to
-float32. It holds the stored array in memory when that takes at most half of the machine's memory
-(`data.features_loading: auto`); otherwise it memory-maps the file only while it copies those rows, so the
-process never holds more than them.
+float32. By default (`data.features_loading: disk`) it memory-maps the file only while it copies those rows,
+so the process never holds more than them; `memory` holds the stored array, `auto` holds it when it takes at
+most half of the machine's memory.
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def save_split_features(directory: Path, split: str, text: TextFeatures, video: 
     writer.finish(video, annotations)
 
 
-def load_split_features(directory: Path, split: str, loading: str = "auto") -> SplitFeatures:
+def load_split_features(directory: Path, split: str, loading: str = "disk") -> SplitFeatures:
     """Read a cached split as float32, with a clear error naming the stage to run when it is missing.
 
     The token features come as `TokenRows` (float32 rows per batch or block): loading "memory" keeps the stored
