@@ -5,7 +5,7 @@ stage-1 training throughput at the official global batch 128 (bf16 autocast, fp3
 32 words), stage-2 training throughput on cached features (batch 128, 127 negatives), peak GPU memory of each,
 and the evaluation time of a synthetic 1000 x 1000 benchmark with stage-1 WTI similarity and diffusion
 re-ranking (50 DDIM steps, top-32, both directions) plus metrics. Then measured vs projected: the FLOPs of
-each step are counted on the same model (diffusionret.flops, as `diffusionret model-summary --flops`), the
+each step are counted on the same model (diffusionret.profiling.flops, as `diffusionret model-summary --flops`), the
 projection assumes `--utilisation` of the H200's dense bf16 peak, and both give MSRVTT-9k hours (5 epochs).
 
     bash benchmarks/gpu_check.sh              # on the GPU machine
@@ -21,13 +21,13 @@ from contextlib import nullcontext
 import torch
 
 from diffusionret.config import TrainGenParams
-from diffusionret import flops
-from diffusionret.diffusion import create_diffusion
-from diffusionret.metrics import retrieval_metrics
+from diffusionret.evaluation.metrics import retrieval_metrics
+from diffusionret.method.diffusion import create_diffusion
+from diffusionret.method.objectives import ContrastiveObjective, GenerationObjective
+from diffusionret.method.rerank import rerank_t2v, rerank_v2t
 from diffusionret.model.denoiser import Generator
 from diffusionret.model.extractor import TextFeatures, VideoFeatures, build_feature_extractor
-from diffusionret.objectives import ContrastiveObjective, GenerationObjective
-from diffusionret.rerank import rerank_t2v, rerank_v2t
+from diffusionret.profiling import flops
 
 
 def sync(device: torch.device) -> None:

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from diffusionret.data.records import SplitAnnotations
-from diffusionret.features import (TokenRows, SplitFeatureWriter, load_split_features, save_split_features,
-                                   similarity_in_chunks, tokens_fit_in_memory)
+from diffusionret.evaluation.scoring import score_queries
+from diffusionret.features.cache import (SplitFeatureWriter, TokenRows, load_split_features, save_split_features,
+                                         tokens_fit_in_memory)
 from diffusionret.model.extractor import TextFeatures, VideoFeatures, build_feature_extractor
 from diffusionret.pipeline.train_gen import feature_batch
 
@@ -128,7 +129,7 @@ def test_disk_path_gives_the_scores_and_batches_of_the_memory_path(tmp_path):
     whole = TextFeatures(tokens=in_memory.text.tokens[:], mask=in_memory.text.mask, sentence=in_memory.text.sentence)
     with torch.no_grad():
         reference = extractor.similarity(whole, in_memory.video)  # all captions at once, as one float32 tensor
-        chunked = similarity_in_chunks(extractor, on_disk.text, on_disk.video, chunk_size=4)
+        chunked = score_queries(extractor.similarity, on_disk.text, on_disk.video, query_block=4).stage1
     torch.testing.assert_close(chunked, reference, rtol=0, atol=1e-6)
     keys = torch.tensor(annotations.caption_video)
     indices = np.array([7, 2, 16, 9])
@@ -136,3 +137,37 @@ def test_disk_path_gives_the_scores_and_batches_of_the_memory_path(tmp_path):
     assert disk_batch.keys() == memory_batch.keys()
     for name in disk_batch:
         assert torch.equal(disk_batch[name], memory_batch[name]), name
+
+
+def test_feature_containers_index_and_cat_token_rows(tmp_path):
+    text, video, annotations = make_split()
+    save_split_features(tmp_path, "train", text, video, annotations, dtype="float32")
+    on_disk = load_split_features(tmp_path, "train", "disk").text
+    assert len(on_disk) == len(text)
+    rows = torch.tensor([4, 0, 11])
+    picked = on_disk[rows]
+    assert isinstance(picked.tokens, torch.Tensor) and picked.tokens.dtype == torch.float32
+    assert torch.equal(picked.tokens, text.tokens[rows]) and torch.equal(picked.mask, text.mask[rows])
+    joined = TextFeatures.cat([on_disk[2:5], text[7:9]])
+    assert torch.equal(joined.tokens, torch.cat([text.tokens[2:5], text.tokens[7:9]]))
+    assert torch.equal(joined.sentence, torch.cat([text.sentence[2:5], text.sentence[7:9]]))
+
+
+def test_scoring_reads_token_rows_one_block_at_a_time(tmp_path, monkeypatch):
+    text, video, annotations = make_split(width=64)
+    save_split_features(tmp_path, "train", text, video, annotations, dtype="float32")
+    on_disk = load_split_features(tmp_path, "train", "disk")
+    read = []
+    original = TokenRows.__getitem__
+
+    def recording(self, index):
+        rows = original(self, index)
+        read.append(rows.shape[0])
+        return rows
+
+    monkeypatch.setattr(TokenRows, "__getitem__", recording)
+    torch.manual_seed(0)
+    extractor = build_feature_extractor("tiny", temporal="none", vocab_size=40).eval()
+    scores = score_queries(extractor.similarity, on_disk.text, on_disk.video, query_block=5).stage1
+    assert scores.shape == (len(text), len(video))
+    assert read == [5, 5, 5, 3]  # 18 captions in blocks of 5, never the whole split

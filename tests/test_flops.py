@@ -1,10 +1,10 @@
-"""FLOP counts of the training steps and the GPU-hour arithmetic (diffusionret.flops)."""
+"""FLOP counts of the training steps and the GPU-hour arithmetic (diffusionret.profiling.flops)."""
 
 import torch
 
-from diffusionret import flops
+from diffusionret.profiling import flops
 from diffusionret.model.extractor import build_feature_extractor
-from diffusionret.objectives import ContrastiveObjective
+from diffusionret.method.objectives import ContrastiveObjective
 
 VOCAB = dict(vocab_size=60, bos_token_id=0, eos_token_id=1, pad_token_id=2)
 

@@ -51,6 +51,8 @@ def model_summary(params: Params) -> dict:
     """Parameter counts per module of the extractor and the generator that `params` describe."""
     import torch
 
+    # lazy: torch + the model stack take seconds to import (measured 20 s on a loaded 2-core machine; the
+    # parsers 0.4 s), and `diffusionret --help` / `data-check` never need them
     from diffusionret.model.backbone import NAMED_CLIP_CONFIGS
     from diffusionret.model.denoiser import Generator
     from diffusionret.model.extractor import build_feature_extractor
@@ -91,9 +93,10 @@ def flops_summary(params: Params, benchmark: str | None, utilisation: float, epo
     frames/words, and the GPU hours they imply for a workload (default: MSRVTT-9k, 5 epochs per stage)."""
     import torch
 
-    from diffusionret import flops
+    # lazy, as in model_summary: torch and the model stack only for this sub-command
     from diffusionret.model.backbone import NAMED_CLIP_CONFIGS
     from diffusionret.model.extractor import build_feature_extractor
+    from diffusionret.profiling import flops
 
     model = params.model
     bench = params.benchmark(benchmark or params.train.benchmarks[0])
@@ -156,7 +159,7 @@ def _print_summary(summary: dict) -> None:
 
 def data_check(params: Params, benchmark: str, root: Path | None, params_file: Path) -> dict:
     """Read a benchmark's annotations and match its videos (no decoding); `root` defaults to its raw folder."""
-    from diffusionret.pipeline.preprocess import check_benchmark_files
+    from diffusionret.pipeline.preprocess import check_benchmark_files  # lazy: only this sub-command reads videos
 
     settings = params.benchmark(benchmark)
     if root is None:

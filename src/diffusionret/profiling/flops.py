@@ -20,6 +20,13 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from diffusionret.config import TrainGenParams
+from diffusionret.method.diffusion import create_diffusion
+from diffusionret.method.losses import contrastive_loss
+from diffusionret.method.objectives import ContrastiveObjective, GenerationObjective
+from diffusionret.model.denoiser import Generator
+from diffusionret.model.extractor import TextFeatures, VideoFeatures
+
 # Dense (no sparsity) tensor-core peaks from the vendors' data sheets, in TFLOP/s.
 GPU_PEAK_TFLOPS = {
     "H200 (bf16)": 989.0,  # H200 SXM: 1,979 with 2:4 sparsity
@@ -46,10 +53,6 @@ class StepFlops:
 
 def stage1_flops(extractor, *, batch: int, frames: int, words: int) -> StepFlops:
     """Counted FLOPs of one stage-1 step of `extractor` at global batch `batch` (frames, words per clip)."""
-    from diffusionret.objectives import ContrastiveObjective
-    from diffusionret.losses import contrastive_loss
-    from diffusionret.model.extractor import TextFeatures, VideoFeatures
-
     config = extractor.backbone.clip.config
     image, vocab = config.vision_config.image_size, config.text_config.vocab_size
     width = extractor.backbone.width
@@ -83,11 +86,6 @@ def stage1_flops(extractor, *, batch: int, frames: int, words: int) -> StepFlops
 def stage2_flops(extractor, *, batch: int, frames: int, words: int, diffusion_steps: int,
                  frame_temperature: float = 1.0) -> int:
     """Counted FLOPs of one stage-2 step at global batch `batch` (B - 1 negatives per query)."""
-    from diffusionret.config import TrainGenParams
-    from diffusionret.diffusion import create_diffusion
-    from diffusionret.model.denoiser import Generator
-    from diffusionret.objectives import GenerationObjective
-
     width = extractor.backbone.width
     device = next(extractor.parameters()).device
     generator = Generator(width, frame_temperature=frame_temperature, seed=0).to(device)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffusionret.data.records import SplitAnnotations
+from diffusionret.data.records import SplitAnnotations, load_annotations, save_annotations
 from diffusionret.model.extractor import TextFeatures, VideoFeatures
 
 STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -150,8 +150,6 @@ class SplitFeatureWriter:
 
     def finish(self, video: VideoFeatures, annotations: SplitAnnotations) -> None:
         """Write the small tensors and the annotations, and move the token array to its final name."""
-        from diffusionret.data.records import save_annotations
-
         if self.written != self.num_captions:
             raise ValueError(f"{self.tokens_path}: {self.written} of {self.num_captions} captions were written")
         if self.num_captions == 0:
@@ -179,8 +177,6 @@ def load_split_features(directory: Path, split: str, loading: str = "disk") -> S
     array in memory, "disk" reads the rows from disk per batch, "auto" keeps them in memory only when the
     stored array takes at most half of the memory limit.
     """
-    from diffusionret.data.records import load_annotations
-
     if loading not in FEATURE_LOADING:
         raise ValueError(f"data.features_loading={loading!r}; choose one of {list(FEATURE_LOADING)}")
     path, tokens_path = directory / f"{split}.safetensors", directory / f"{split}.tokens.npy"
@@ -196,16 +192,6 @@ def load_split_features(directory: Path, split: str, loading: str = "disk") -> S
         video=VideoFeatures(frames=tensors["video_frames"].float(), mask=tensors["video_mask"]),
         annotations=load_annotations(directory / f"{split}.json"),
     )
-
-
-def similarity_in_chunks(extractor, text: TextFeatures, video: VideoFeatures, chunk_size: int) -> torch.Tensor:
-    """Stage-1 similarity (C, V) computed `chunk_size` captions at a time (their tokens read per chunk)."""
-    rows = []
-    for start in range(0, text.sentence.shape[0], chunk_size):
-        part = slice(start, start + chunk_size)
-        rows.append(extractor.similarity(TextFeatures(tokens=text.tokens[part], mask=text.mask[part],
-                                                      sentence=text.sentence[part]), video).float())
-    return torch.cat(rows)
 
 
 def write_info(directory: Path, info: dict) -> None:
