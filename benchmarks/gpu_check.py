@@ -1,9 +1,12 @@
 """What a lent GPU machine measures in a few minutes, with no network and no dataset.
 
 Builds the ViT-B/32-shaped DiffusionRet from its config (random weights) and prints one table:
-stage-1 training throughput (bf16 autocast, fp32 master weights), stage-2 training throughput on cached
-features, peak GPU memory of each, and the evaluation time of a synthetic 1000 x 1000 benchmark with
-stage-1 WTI similarity and diffusion re-ranking (50 DDIM steps, top-32, both directions) plus metrics.
+stage-1 training throughput at the official global batch 128 (bf16 autocast, fp32 master weights; 12 frames,
+32 words), stage-2 training throughput on cached features (batch 128, 127 negatives), peak GPU memory of each,
+and the evaluation time of a synthetic 1000 x 1000 benchmark with stage-1 WTI similarity and diffusion
+re-ranking (50 DDIM steps, top-32, both directions) plus metrics. Then measured vs projected: the FLOPs of
+each step are counted on the same model (diffusionret.profiling.flops, as `diffusionret model-summary --flops`), the
+projection assumes `--utilisation` of the H200's dense bf16 peak, and both give MSRVTT-9k hours (5 epochs).
 
     bash benchmarks/gpu_check.sh              # on the GPU machine
     .venv/bin/python benchmarks/gpu_check.py --smoke    # a seconds-long CPU run that checks the script works
@@ -24,6 +27,7 @@ from diffusionret.method.objectives import ContrastiveObjective, GenerationObjec
 from diffusionret.method.rerank import rerank_t2v, rerank_v2t
 from diffusionret.model.denoiser import Generator
 from diffusionret.model.extractor import TextFeatures, VideoFeatures, build_feature_extractor
+from diffusionret.profiling import flops
 
 
 def sync(device: torch.device) -> None:
@@ -49,6 +53,8 @@ def peak_memory_gib(device: torch.device) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny config and sizes on any device")
+    parser.add_argument("--stage1-batch", type=int, default=128, help="stage-1 global batch (official: 128)")
+    parser.add_argument("--utilisation", type=float, default=0.4, help="projected share of the dense bf16 peak")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -57,7 +63,8 @@ def main() -> None:
         backbone, layers, batch1, batch2, frames, words, size, steps, repeats = "tiny", 2, 8, 16, 4, 8, 64, 5, 1
         vocab = dict(vocab_size=300, bos_token_id=0, eos_token_id=1, pad_token_id=2)
     else:
-        backbone, layers, batch1, batch2, frames, words, size, steps, repeats = "vit-b-32", 4, 32, 128, 12, 32, 1000, 50, 5
+        backbone, layers, batch1, batch2, frames, words, size, steps, repeats = ("vit-b-32", 4, args.stage1_batch, 128,
+                                                                                 12, 32, 1000, 50, 5)
         vocab = {}
     torch.manual_seed(0)
     extractor = build_feature_extractor(backbone, temporal="seqTransf", temporal_layers=layers, head="wti",
@@ -85,6 +92,9 @@ def main() -> None:
     seconds = timed(device, stage1_step, repeats)
     rows.append(("stage 1 train step", f"batch {batch1} x {frames} frames", 1 / seconds, batch1 / seconds,
                  peak_memory_gib(device)))
+    measured = {"stage 1": seconds}
+    counted = {"stage 1": flops.stage1_flops(extractor, batch=batch1, frames=frames, words=words).step}
+    optimizer.zero_grad(set_to_none=True)
 
     # stage 2: denoisers on cached features
     extractor.requires_grad_(False).eval()
@@ -111,6 +121,9 @@ def main() -> None:
     seconds = timed(device, stage2_step, repeats)
     rows.append(("stage 2 train step", f"batch {batch2}, {batch2} candidates", 1 / seconds, batch2 / seconds,
                  peak_memory_gib(device)))
+    measured["stage 2"] = seconds
+    counted["stage 2"] = flops.stage2_flops(extractor, batch=batch2, frames=frames, words=words,
+                                            diffusion_steps=steps)
 
     # evaluation: size x size synthetic benchmark with re-ranking in both directions
     generator.eval()
@@ -142,6 +155,28 @@ def main() -> None:
     print(f"|{'-' * 24}|{'-' * 32}|{'-' * 10}|{'-' * 11}|{'-' * 10}|")
     for what, shape, calls, items, memory in rows:
         print(f"| {what:<22} | {shape:<30} | {calls:>8.2f} | {items:>9.1f} | {memory:>8.2f} |")
+    print_projection(measured, counted, {"stage 1": batch1, "stage 2": batch2}, args.utilisation, bf16)
+
+
+def print_projection(measured: dict[str, float], counted: dict[str, int], batches: dict[str, int],
+                     utilisation: float, bf16: bool) -> None:
+    """Measured vs projected steps/s, the achieved TFLOP/s, and MSRVTT-9k hours (5 epochs) from both."""
+    peak = flops.GPU_PEAK_TFLOPS["H200 (bf16)"]
+    workload = flops.Workload()
+    print(f"\nmeasured vs projected (projection: {utilisation:.0%} of the H200's {peak:g} TFLOP/s dense bf16 peak; "
+          f"MSRVTT-9k: {workload.train_captions:,} captions, {workload.epochs} epochs)")
+    print(f"| {'step':<8} | {'GFLOP/step':>11} | {'steps/s measured':>16} | {'steps/s projected':>17} | "
+          f"{'TFLOP/s achieved':>16} | {'hours measured':>14} | {'hours projected':>15} |")
+    print(f"|{'-' * 10}|{'-' * 13}|{'-' * 18}|{'-' * 19}|{'-' * 18}|{'-' * 16}|{'-' * 17}|")
+    for stage, seconds in measured.items():
+        step_flops = counted[stage]
+        projected_seconds = step_flops / (peak * 1e12 * utilisation)
+        total_steps = workload.steps(batches[stage])
+        print(f"| {stage:<8} | {step_flops / 1e9:>11,.1f} | {1 / seconds:>16.3f} | {1 / projected_seconds:>17.3f} | "
+              f"{step_flops / seconds / 1e12:>16.1f} | {total_steps * seconds / 3600:>14.3f} | "
+              f"{total_steps * projected_seconds / 3600:>15.3f} |")
+    if not bf16:
+        print("(not a bf16-capable GPU: the measured figures are fp32 and not comparable with the projection)")
 
 
 if __name__ == "__main__":

@@ -8,4 +8,4 @@ PY=.venv/bin/python
 [ -x "$PY" ] || PY=python3
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-timeout 300 "$PY" benchmarks/gpu_check.py "$@"
+timeout 540 "$PY" benchmarks/gpu_check.py "$@"

@@ -16,7 +16,7 @@ def run(script: str, *arguments: str) -> str:
 
 def test_gpu_check_smoke_prints_the_table():
     out = run("gpu_check.py", "--smoke")
-    for row in ("stage 1 train step", "stage 2 train step", "evaluate 64x64"):
+    for row in ("stage 1 train step", "stage 2 train step", "evaluate 64x64", "measured vs projected"):
         assert row in out
 
 

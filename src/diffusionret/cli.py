@@ -1,6 +1,6 @@
 """The `diffusionret` console command. Sub-commands import their heavy dependencies lazily.
 
-    diffusionret model-summary [--params params.yaml] [-S key=value ...] [--json]
+    diffusionret model-summary [--params params.yaml] [-S key=value ...] [--json] [--flops [--benchmark NAME]]
     diffusionret data check --benchmark NAME [--root DIR] [--params params.yaml] [-S key=value ...] [--json]
     diffusionret index --videos DIR --model models/<benchmark> --out INDEX_DIR    (search your own videos)
     diffusionret search --index INDEX_DIR "query text" [--top 10] [--rerank/--no-rerank] [--json]
@@ -87,6 +87,67 @@ def model_summary(params: Params) -> dict:
     }
 
 
+def flops_summary(params: Params, benchmark: str | None, utilisation: float, epochs: int,
+                  train_captions: int, train_videos: int, test_pairs: int) -> dict:
+    """Counted FLOPs per clip and per step of both stages at params' model, batches and the benchmark's
+    frames/words, and the GPU hours they imply for a workload (default: MSRVTT-9k, 5 epochs per stage)."""
+    import torch
+
+    # lazy, as in model_summary: torch and the model stack only for this sub-command
+    from diffusionret.model.backbone import NAMED_CLIP_CONFIGS
+    from diffusionret.model.extractor import build_feature_extractor
+    from diffusionret.profiling import flops
+
+    model = params.model
+    bench = params.benchmark(benchmark or params.train.benchmarks[0])
+    special = {}
+    if model.backbone in NAMED_CLIP_CONFIGS:
+        special = dict(vocab_size=model.tokenizer_vocab_size, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    torch.manual_seed(0)
+    extractor = build_feature_extractor(model.backbone, temporal=model.temporal,
+                                        temporal_layers=model.temporal_layers, head=model.head, **special)
+    stage1 = flops.stage1_flops(extractor, batch=params.train.global_batch, frames=bench.max_frames,
+                                words=bench.max_words)
+    stage2 = flops.stage2_flops(extractor, batch=params.train_gen.global_batch, frames=bench.max_frames,
+                                words=bench.max_words, diffusion_steps=params.diffusion.steps,
+                                frame_temperature=params.train_gen.frame_temperature)
+    workload = flops.Workload(train_captions=train_captions, train_videos=train_videos, test_pairs=test_pairs,
+                              epochs=epochs)
+    rows = flops.projection(stage1, stage2, params.train_gen.global_batch, workload, utilisation)
+    return {
+        "backbone": model.backbone, "image_size": extractor.backbone.image_size, "frames": bench.max_frames,
+        "words": bench.max_words,
+        "gflop": {"clip_train": stage1.clip_train / 1e9, "text_forward": stage1.text_forward / 1e9,
+                  "video_forward": stage1.video_forward / 1e9, "stage1_head_train": stage1.head_train / 1e9,
+                  "stage1_step": stage1.step / 1e9, "stage2_step": stage2 / 1e9},
+        "batches": {"stage1": params.train.global_batch, "stage2": params.train_gen.global_batch},
+        "workload": {"train_captions": train_captions, "train_videos": train_videos, "test_pairs": test_pairs,
+                     "epochs": epochs, "stage1_steps": workload.steps(params.train.global_batch),
+                     "stage2_steps": workload.steps(params.train_gen.global_batch)},
+        "assumption": {"utilisation": utilisation, "peak_tflops": flops.GPU_PEAK_TFLOPS},
+        "projection_hours": rows,
+    }
+
+
+def _print_flops(result: dict) -> None:
+    g, w = result["gflop"], result["workload"]
+    print(f"\nFLOPs counted by torch's FlopCounterMode (matrix products, convolutions, attention; forward + backward)")
+    print(f"  {result['backbone']}, {result['frames']} frames x {result['image_size']} px, {result['words']} words")
+    print(f"  {'one clip, forward + backward':<40} {g['clip_train']:>12,.1f} GFLOP")
+    print(f"  {'  forward: video (all frames) / caption':<40} {g['video_forward']:>12,.1f} / {g['text_forward']:,.1f} GFLOP")
+    print(f"  {'stage-1 step (batch %d)' % result['batches']['stage1']:<40} {g['stage1_step']:>12,.1f} GFLOP"
+          f"  (of which the (B, B) head + loss {g['stage1_head_train']:,.1f})")
+    print(f"  {'stage-2 step (batch %d)' % result['batches']['stage2']:<40} {g['stage2_step']:>12,.1f} GFLOP")
+    gpus = [key for key in result["projection_hours"][0] if key not in ("stage", "pflop")]
+    print(f"\nprojected compute hours: {w['train_captions']:,} captions / {w['train_videos']:,} videos, "
+          f"{w['epochs']} epochs per stage ({w['stage1_steps']:,} stage-1 and {w['stage2_steps']:,} stage-2 steps), "
+          f"{result['assumption']['utilisation']:.0%} of the dense peak sustained "
+          f"({', '.join(f'{k} {v:g} TFLOP/s' for k, v in result['assumption']['peak_tflops'].items())})")
+    print(f"  {'stage':<22} {'PFLOP':>10} " + " ".join(f"{gpu:>38}" for gpu in gpus))
+    for row in result["projection_hours"]:
+        print(f"  {row['stage']:<22} {row['pflop']:>10,.2f} " + " ".join(f"{row[gpu]:>38.3f}" for gpu in gpus))
+
+
 def _print_summary(summary: dict) -> None:
     print(f"backbone {summary['backbone']}  (width {summary['width']}, vocabulary {summary['vocab_size']})")
     for name, value in summary["modules"].items():
@@ -135,6 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     summary.add_argument("--params", type=Path, default=Path("params.yaml"))
     summary.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     summary.add_argument("--json", action="store_true")
+    summary.add_argument("--flops", action="store_true", help="also count FLOPs per clip / step and project GPU "
+                                                              "hours (builds the model and runs it once on the CPU)")
+    summary.add_argument("--benchmark", help="frames and words of this benchmark (default: the first trained)")
+    summary.add_argument("--utilisation", type=float, default=0.4, help="share of the dense peak sustained")
+    summary.add_argument("--epochs", type=int, default=5, help="epochs per stage of the projected workload")
+    summary.add_argument("--train-captions", type=int, default=180_000, help="default: MSRVTT-9k")
+    summary.add_argument("--train-videos", type=int, default=9_000)
+    summary.add_argument("--test-pairs", type=int, default=1_000)
     data = commands.add_parser("data", help="benchmark files")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     check = data_commands.add_parser("check", help="read a benchmark's annotations and match its video files; "
@@ -153,8 +222,14 @@ def main(argv: list[str] | None = None) -> int:
         return search_commands.run(args)
     try:
         if args.command == "model-summary":
-            result = model_summary(load_with_overrides(args.params, args.overrides))
+            params = load_with_overrides(args.params, args.overrides)
+            result = model_summary(params)
+            if args.flops:
+                result["flops"] = flops_summary(params, args.benchmark, args.utilisation, args.epochs,
+                                                args.train_captions, args.train_videos, args.test_pairs)
             print(json.dumps(result, indent=2)) if args.json else _print_summary(result)
+            if args.flops and not args.json:
+                _print_flops(result["flops"])
         elif args.command == "data" and args.data_command == "check":
             result = data_check(load_with_overrides(args.params, args.overrides), args.benchmark, args.root,
                                 args.params)

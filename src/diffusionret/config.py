@@ -139,10 +139,14 @@ class DataParams:
     partial_root: str = "data/partial"  # resumable work in progress, outside DVC outputs
     manifests_root: str = "data/manifests"  # download's small DVC output per benchmark (files found, digests)
     allow_missing: bool = False  # skip annotated videos without a file (counted, logged to MLflow) instead of failing
+    features_dtype: str = "float16"  # storage of the feature cache (computation is always float32)
+    features_loading: str = "disk"  # token features read per batch from disk (disk), held whole (memory), or auto
 
     def validate(self, path: str) -> None:
         for name in ("raw_root", "frames_root", "features_root", "partial_root", "manifests_root"):
             _check(bool(getattr(self, name)), f"{path}.{name}", getattr(self, name), "a non-empty path")
+        _in(f"{path}.features_dtype", self.features_dtype, ("float16", "float32"))
+        _in(f"{path}.features_loading", self.features_loading, ("auto", "memory", "disk"))
 
 
 @dataclass(frozen=True)

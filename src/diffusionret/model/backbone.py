@@ -38,6 +38,21 @@ NAMED_CLIP_CONFIGS: dict[str, dict] = {
         projection_dim=64,
         logit_scale_init_value=LOGIT_SCALE_INIT,
     ),
+    # Scale simulation (benchmarks/scale.py): narrow 1-layer towers projected to ViT-B/32's joint width 512, so
+    # cached features have their real sizes at a fraction of the compute. Its text width is not 512: temporal none.
+    "tiny-512": dict(
+        text_config=dict(
+            vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+            num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu",
+            bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+        ),
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+            image_size=32, patch_size=16, hidden_act="quick_gelu",
+        ),
+        projection_dim=512,
+        logit_scale_init_value=LOGIT_SCALE_INIT,
+    ),
     # OpenAI CLIP ViT-B/32 (reference §2.1, §2.2).
     "vit-b-32": dict(
         text_config=dict(

@@ -31,13 +31,17 @@ class TextFeatures:
         return self.sentence.shape[0]
 
     def __getitem__(self, rows: slice | torch.Tensor) -> "TextFeatures":
-        """The captions at `rows` (a slice or a (b,) index tensor) -> tokens (b, L, D), mask (b, L), sentence (b, D)."""
+        """The captions at `rows` (a slice or a (b,) index tensor) -> tokens (b, L, D), mask (b, L), sentence (b, D).
+
+        `tokens` may be the feature cache's `TokenRows` (token features left on disk): indexing it reads only
+        these rows, as float32, so a block of captions never loads the whole split.
+        """
         return TextFeatures(tokens=self.tokens[rows], mask=self.mask[rows], sentence=self.sentence[rows])
 
     @staticmethod
     def cat(parts: "list[TextFeatures]") -> "TextFeatures":
-        """Concatenate along the caption dimension."""
-        return TextFeatures(tokens=torch.cat([p.tokens for p in parts]), mask=torch.cat([p.mask for p in parts]),
+        """Concatenate along the caption dimension (token features read whole where a part holds `TokenRows`)."""
+        return TextFeatures(tokens=torch.cat([p.tokens[:] for p in parts]), mask=torch.cat([p.mask for p in parts]),
                             sentence=torch.cat([p.sentence for p in parts]))
 
 

@@ -50,8 +50,10 @@ def rerank_settings(params: Params) -> RerankSettings:
 
 def load_and_score(trained: str, evaluated: str, params: Params, paths: Paths) -> CellScores:
     """Read the cell's features and checkpoints, check how they were made, and score the cell."""
-    test = load_split_features(paths.features(trained, evaluated), "test")
-    train = load_split_features(paths.features(trained, trained), "train")  # the querybank's source
+    loading = params.data.features_loading
+    test = load_split_features(paths.features(trained, evaluated), "test", loading)
+    # the querybank's source: only its qbnorm_bank_size rows are read, so the training split stays on disk
+    train = load_split_features(paths.features(trained, trained), "train", "disk")
     extractor, disc_meta = load_extractor(paths.disc_model(trained))
     generator, gen_meta = load_generator(paths.gen_model(trained))
     settings, post = params.eval, params.postprocess
@@ -62,7 +64,7 @@ def load_and_score(trained: str, evaluated: str, params: Params, paths: Paths) -
                          f"for steps={params.diffusion.steps}, schedule={params.diffusion.schedule}; evaluate "
                          f"with the training values or re-run train_gen")
     diffusion = create_diffusion(params.diffusion.steps, params.diffusion.schedule)
-    in_dist = load_split_features(paths.features(trained, trained), "test") if trained != evaluated else None
+    in_dist = load_split_features(paths.features(trained, trained), "test", loading) if trained != evaluated else None
     return score_cell(extractor, generator, diffusion, test, train, rerank=rerank_settings(params),
                       chunk_size=settings.chunk_size, bank_size=post.qbnorm_bank_size,
                       bank_seed=post.qbnorm_bank_seed, in_dist=in_dist)

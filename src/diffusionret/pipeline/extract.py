@@ -5,11 +5,13 @@ from __future__ import annotations
 from diffusionret.config import Params
 from diffusionret.data.frames import load_frame_cache
 from diffusionret.data.records import load_annotations
-from diffusionret.features.cache import save_split_features, write_info
+from diffusionret.features.cache import SplitFeatureWriter, write_info
 from diffusionret.features.encode import encode_captions, encode_videos, split_rows
 from diffusionret.model.checkpoint import load_extractor
 from diffusionret.model.tokenizer import load_tokenizer, tokenize
 from diffusionret.pipeline.paths import Paths
+
+CAPTION_BLOCK = 4096  # captions encoded and written per block: the token features are never all in memory
 
 
 def splits_to_extract(trained: str, evaluated: str) -> tuple[str, ...]:
@@ -33,11 +35,16 @@ def extract_features(trained: str, evaluated: str, params: Params, paths: Paths)
     for split in splits_to_extract(trained, evaluated):
         annotations = load_annotations(paths.annotations(evaluated, split))
         ids, mask = tokenize(tokenizer, annotations.captions, bench.max_words)  # (C, L)
-        text = encode_captions(extractor, ids, mask, params.eval.batch_size)
+        writer = SplitFeatureWriter(out_dir, split, len(ids), params.data.features_dtype)
+        for start in range(0, len(ids), CAPTION_BLOCK):
+            text = encode_captions(extractor, ids[start:start + CAPTION_BLOCK], mask[start:start + CAPTION_BLOCK],
+                                   params.eval.batch_size)
+            writer.add_text(text)
         video = encode_videos(extractor, cache.frames, cache.mask, split_rows(annotations, cache),
                               params.eval.batch_size)
-        save_split_features(out_dir, split, text, video, annotations)
+        writer.finish(video, annotations)
         counts[split] = {"captions": annotations.num_captions, "videos": annotations.num_videos}
     write_info(out_dir, {"trained": trained, "evaluated": evaluated, "splits": counts,
-                         "width": int(text.sentence.shape[-1])})
+                         "width": int(text.sentence.shape[-1]),
+                         "dtype": params.data.features_dtype})
     return counts

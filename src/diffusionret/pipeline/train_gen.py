@@ -31,7 +31,8 @@ from diffusionret.training.loop import Progress, TrainingState, run_training
 
 
 def feature_batch(features: SplitFeatures, keys: torch.Tensor, indices: np.ndarray) -> dict[str, torch.Tensor]:
-    """Cached features of the captions at `indices` and of their videos."""
+    """Cached features (float32) of the captions at `indices` and of their videos; with
+    `data.features_loading: disk` only these captions' token rows are read from disk (`TokenRows`)."""
     index = torch.as_tensor(indices, dtype=torch.long)
     videos = keys[index]
     text, video = features.text[index], features.video[videos]
@@ -54,8 +55,9 @@ def train_gen(name: str, params: Params, paths: Paths, repo_root: Path) -> dict:
     accelerator = make_accelerator(params.train.precision)
     split = partition(accelerator, settings, "train_gen")
     features_dir = paths.features(name, name)
-    train_features = load_split_features(features_dir, "train")
-    val_features = load_split_features(features_dir, params.eval.selection)  # "test" only for the official protocol
+    train_features = load_split_features(features_dir, "train", params.data.features_loading)
+    val_features = load_split_features(features_dir, params.eval.selection,  # "test" only for the official protocol
+                                       params.data.features_loading)
     extractor, _ = load_extractor(paths.disc_model(name))
     extractor.requires_grad_(False)
     extractor.to(accelerator.device)
