@@ -14,7 +14,6 @@ each finished batch is saved under work/ and an interrupted run resumes from the
 from __future__ import annotations
 
 import fcntl
-import shutil
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -28,8 +27,9 @@ from tqdm import tqdm
 from diffusionret.search.files import VideoFile, scan_videos
 from diffusionret.search.model import (FrameSettings, Fingerprint, SearchModel, fingerprint_model, frame_settings,
                                        load_search_model, sha256_file)
-from diffusionret.search.store import (FORMAT, MANIFEST, SearchIndexError, WorkDir, generation_dir, read_manifest,
-                                       remove_stale, thumb_path, write_json_atomic, write_strip)
+from diffusionret.search.store import (FORMAT, GENERATION_FILES, MANIFEST, WORK_FILES, SearchIndexError, WorkDir,
+                                       claim_index_dir, generation_dir, open_memmap_reserved, read_manifest,
+                                       remove_named, remove_stale, thumb_path, write_json_atomic, write_strip)
 
 DEFAULT_BATCH = 128  # videos decoded, encoded and saved per round (the unit an interrupted run loses)
 ENCODE_BATCH = 32  # videos per extractor forward pass
@@ -140,7 +140,7 @@ def _encode_round(model: SearchModel, work: WorkDir, videos: dict[str, Path], *,
         durations = [probe_duration(videos[sha]) for sha in cache.video_ids]
         work.save_shard(list(cache.video_ids), encoded.frames.float().numpy(), encoded.mask.numpy(),
                         [float("nan") if d is None else d for d in durations])
-    shutil.rmtree(work.decoded, ignore_errors=True)  # encoded now: the decoded frames are no longer needed
+    remove_named(work.decoded, WORK_FILES, recursive=True)  # encoded now: the decoded frames are no longer needed
     return errors
 
 
@@ -158,6 +158,7 @@ def build_index(videos_dir: Path, model_dir: Path, index_dir: Path, *, batch_siz
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     fingerprint = fingerprint_model(model_dir)
     settings, max_words = frame_settings(model_dir, decoder)
+    claim_index_dir(index_dir)
     with _exclusive(index_dir):
         existing = read_manifest(index_dir)
         manifest = None if rebuild else existing
@@ -250,8 +251,8 @@ def _commit(index_dir: Path, existing: dict | None, manifest: dict | None, files
     """Write the new generation of features and swap the manifest to it; then delete what is stale."""
     generation = (existing["generation"] + 1) if existing else 1
     folder = generation_dir(index_dir, generation)
-    shutil.rmtree(folder, ignore_errors=True)  # half-written by an interrupted commit
-    folder.mkdir(parents=True)
+    remove_named(folder, GENERATION_FILES)  # half-written by an interrupted commit
+    folder.mkdir(parents=True, exist_ok=True)
     old_features = old_mask = None
     if manifest is not None and manifest["videos"]:  # rows kept from the current generation
         old_folder = generation_dir(index_dir, manifest["generation"])
@@ -260,8 +261,15 @@ def _commit(index_dir: Path, existing: dict | None, manifest: dict | None, files
 
     rows = [video for video in files if video.path in source]
     width = _width(old_features, finished)
-    features = np.lib.format.open_memmap(folder / "features.npy", mode="w+", dtype=np.float32,
-                                         shape=(len(rows), settings.max_frames, width))  # (V, T, D)
+    try:
+        features = open_memmap_reserved(folder / "features.npy", np.float32,
+                                        (len(rows), settings.max_frames, width))  # (V, T, D)
+    except OSError as error:
+        remove_named(folder, GENERATION_FILES)
+        raise SearchIndexError(f"{index_dir}: {error.strerror}. The index was not changed (it still holds "
+                               f"generation {existing['generation'] if existing else 'none'}); the encoded batches "
+                               f"are kept in {index_dir / 'work'}, so the same command resumes once there is "
+                               "room") from None
     mask = np.zeros((len(rows), settings.max_frames), dtype=bool)  # (V, T)
     entries = []
     for row, video in enumerate(rows):
@@ -288,7 +296,7 @@ def _commit(index_dir: Path, existing: dict | None, manifest: dict | None, files
         "videos": entries, "failures": sorted(failures, key=lambda item: item["path"]),
     }
     write_json_atomic(index_dir / MANIFEST, new_manifest)
-    remove_stale(index_dir, new_manifest)
+    remove_stale(index_dir, new_manifest, existing, written=set(finished))
 
 
 def _width(old_features, finished: dict[str, dict]) -> int:
