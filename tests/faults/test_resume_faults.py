@@ -1,0 +1,144 @@
+"""Fault injection for resumable training: kill, change a setting, run again; and resume without pickle.
+
+A tiny model with dropout trains through the real loop (train.run_training) on the CPU; a "kill" is an exception
+raised from the batch stream after some steps, which leaves on disk exactly what a SIGKILL at that step leaves
+(states are written atomically). tests/test_resume.py does the same with SIGKILL on the real stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffusionret.optim import build_optimizer, warmup_cosine_lambda
+from diffusionret.train import LoopSettings, TrainingState, run_training
+
+pytestmark = pytest.mark.faults
+
+STEPS, KILL_AT = 12, 7  # states are saved every 4 steps: a kill at step 7 resumes from step 4
+
+
+class Killed(Exception):
+    """Stands for SIGKILL: raised from the batch stream once `KILL_AT` steps are done."""
+
+
+class Regression(torch.nn.Module):
+    """backward_step(batch) as the training objectives define it."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def backward_step(self, batch):
+        loss = torch.nn.functional.mse_loss(self.model(batch["x"]), batch["y"])
+        loss.backward()
+        return {"loss": loss.detach()}
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(Path(root).rglob("*")) if path.is_file()}
+
+
+def train(partial: Path, fingerprint: dict, kill: bool = False, lr: float = 1e-2):
+    """Train the tiny model from a fixed initialisation; returns (final weights, best weights)."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Dropout(0.3),
+                                torch.nn.Linear(16, 2))
+    optimizer = build_optimizer("adamw", [{"params": list(model.parameters()), "lr": lr, "weight_decay": 0.01,
+                                           "name": "all"}])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_lambda(STEPS, 3))
+    truth = torch.randn(6, 2, generator=torch.Generator().manual_seed(1))
+
+    def batches(start: int):
+        for step in range(start, STEPS):
+            if kill and step == KILL_AT:
+                raise Killed
+            x = torch.randn(8, 6, generator=torch.Generator().manual_seed(100 + step))  # (B, 6)
+            yield {"x": x, "y": x @ truth}
+
+    val_x = torch.randn(32, 6, generator=torch.Generator().manual_seed(7))
+
+    def validate(module):
+        return -float(torch.nn.functional.mse_loss(module(val_x), val_x @ truth))
+
+    settings = LoopSettings(total_steps=STEPS, log_every=2, val_every=3, grad_clip=1.0, checkpoint_every=4,
+                            ema_decay=0.9, keep_checkpoints=1)
+    result = run_training(accelerator=accelerator, objective=Regression(model), trainable=model,
+                          optimizer=optimizer, scheduler=scheduler, batches=batches, validate=validate,
+                          settings=settings, state=TrainingState(partial, fingerprint),
+                          log_metrics=lambda metrics, step: None)
+    return {k: v.clone() for k, v in model.state_dict().items()}, result.best_state
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_changed_setting_after_a_kill_starts_fresh_and_keeps_the_old_run_aside(tmp_path, capsys, record_property):
+    partial = tmp_path / "partial" / "train_disc" / "synthetic"
+    old = {"0.lr": 0.01, "0.steps": STEPS}
+    new = {"0.lr": 0.02, "0.steps": STEPS}
+    with pytest.raises(Killed):
+        train(partial, old, kill=True)
+    before = tree_hashes(partial)
+    capsys.readouterr()
+
+    final_new, _ = train(partial, new, lr=0.02)  # the user edited params.yaml and ran `dvc repro`
+    message = capsys.readouterr().out
+    after = tree_hashes(partial)
+    lost = sum(1 for name, digest in before.items() if after.get(name) != digest)
+    straight_new, _ = train(tmp_path / "straight-new", new, lr=0.02)
+    record_property("case", "kill, edit params.yaml (train.lr), run again")
+    record_property("expected", "a fresh run completes (exit 0); the interrupted run is kept aside, named")
+    record_property("observed", message.strip().splitlines()[0][:160] if message.strip() else "no message")
+    record_property("files_lost", lost)
+    assert lost == 0  # the interrupted run is kept, byte for byte
+    assert "kept aside" in message and "0.lr: 0.01 -> 0.02" in message and str(partial) in message
+    assert same(final_new, straight_new)  # the new setting trained from step 0, as an uninterrupted run
+
+    capsys.readouterr()
+    final_old, _ = train(partial, old)  # restoring the old setting resumes the run kept aside
+    assert "resumed from" in capsys.readouterr().out
+    straight_old, _ = train(tmp_path / "straight-old", old)
+    assert same(final_old, straight_old)
+
+
+def test_resume_reads_no_pickle_and_ends_exactly_like_an_uninterrupted_run(tmp_path, monkeypatch, capsys,
+                                                                          record_property):
+    fingerprint = {"0.lr": 0.01}
+    straight_final, straight_best = train(tmp_path / "straight", fingerprint)
+    with pytest.raises(Killed):
+        train(tmp_path / "killed", fingerprint, kill=True)
+    saved = [path for path in (tmp_path / "killed").rglob("*") if path.is_file()]
+    pickled = [path.name for path in saved if path.suffix not in (".json", ".safetensors", ".csv")
+               or path.read_bytes()[:2] in (b"\x80\x02", b"\x80\x04", b"\x80\x05", b"PK")]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("resume read a pickle")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    capsys.readouterr()
+    try:
+        resumed_final, resumed_best = train(tmp_path / "killed", fingerprint)
+        observed = "resumed without pickle"
+    except AssertionError as error:
+        resumed_final = resumed_best = {}
+        observed = str(error)
+    record_property("case", "resume after a kill reads only safetensors and JSON")
+    record_property("expected", "no pickle read or written; weights equal an uninterrupted run")
+    record_property("observed", f"{observed}; pickled files: {pickled or 'none'}")
+    record_property("files_lost", 0)
+    assert not pickled, pickled
+    assert observed == "resumed without pickle"
+    assert "resumed from" in capsys.readouterr().out
+    assert same(resumed_final, straight_final) and same(resumed_best, straight_best)
