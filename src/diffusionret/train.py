@@ -173,6 +173,7 @@ class TrainingState:
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()
+        tmp.mkdir(parents=True, exist_ok=True)  # a node without the main process's file system
         save_state(rng_state(), tmp, f"rng-{accelerator.process_index}")
         if accelerator.is_main_process:
             for name, obj in stateful.items():

@@ -71,10 +71,13 @@ def train(partial: Path, fingerprint: dict, kill: bool = False, lr: float = 1e-2
 
     settings = LoopSettings(total_steps=STEPS, log_every=2, val_every=3, grad_clip=1.0, checkpoint_every=4,
                             ema_decay=0.9, keep_checkpoints=1)
+    try:
+        state, keyed = TrainingState(partial, fingerprint), {}
+    except TypeError:  # 18f375f took the fingerprint in run_training: lets this test show how that version fails
+        state, keyed = TrainingState(partial), {"fingerprint": fingerprint}
     result = run_training(accelerator=accelerator, objective=Regression(model), trainable=model,
                           optimizer=optimizer, scheduler=scheduler, batches=batches, validate=validate,
-                          settings=settings, state=TrainingState(partial, fingerprint),
-                          log_metrics=lambda metrics, step: None)
+                          settings=settings, state=state, log_metrics=lambda metrics, step: None, **keyed)
     return {k: v.clone() for k, v in model.state_dict().items()}, result.best_state
 
 

@@ -167,6 +167,34 @@ def test_full_disk_while_writing_the_features_is_a_clear_error(world, tmp_path, 
     assert len(json.loads((out / "index.json").read_text())["videos"]) == 3
 
 
+def test_full_disk_while_saving_a_batch_names_the_folder_and_keeps_the_index(world, tmp_path, capsys, monkeypatch,
+                                                                             record_property):
+    import numpy as np
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    os.link(world["videos"] / "red.mp4", videos / "red.mp4")
+    out = tmp_path / "index"
+    assert run_index(world, out, videos) == 0
+    os.link(world["videos"] / "blue.mp4", videos / "blue.mp4")
+    before = tree_hashes(out)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as write() reports it: no file name
+
+    monkeypatch.setattr(np, "savez", full)
+    status = run_index(world, out, videos)
+    message = capsys.readouterr().err
+    after = tree_hashes(out)
+    record_property("case", "disk full while saving an encoded batch of the search index")
+    record_property("expected", "exit 2, folder named, index unchanged")
+    record_property("observed", f"exit {status}: {message.strip()[:160]}")
+    record_property("files_lost", files_lost(before, after))
+    assert status == 2
+    assert str(out / "work") in message and "No space left on device" in message and "run the same command" in message
+    assert files_lost(before, after) == 0
+
+
 # ---------------------------------------------------------------- item 11: the server ----------------------------
 
 @pytest.fixture(scope="module")

@@ -213,9 +213,16 @@ def build_index(videos_dir: Path, model_dir: Path, index_dir: Path, *, batch_siz
             with tqdm(total=len(pending), desc="indexing videos", unit="video", disable=not progress) as bar:
                 for number, start in enumerate(range(0, len(pending), batch_size)):
                     batch = dict(pending[start:start + batch_size])
-                    failed_now.update(_encode_round(model, work, batch, workers=workers, time_limit_s=time_limit_s,
-                                                    progress=False))
-                    work.save_failures(failed_now)
+                    try:
+                        failed_now.update(_encode_round(model, work, batch, workers=workers,
+                                                        time_limit_s=time_limit_s, progress=False))
+                        work.save_failures(failed_now)
+                    except OSError as error:  # a full disk or a read-only folder: stop, keep what is finished
+                        where = error.filename or work.path
+                        raise SearchIndexError(
+                            f"writing {where} failed: {error.strerror or error}. Free space there (or fix its "
+                            f"permissions) and run the same command again: the {number} finished batch(es) in "
+                            f"{work.path} are kept and the index in {index_dir} is unchanged") from None
                     bar.update(len(batch))
                     if after_batch is not None:
                         after_batch(number)
