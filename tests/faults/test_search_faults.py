@@ -276,10 +276,13 @@ def test_server_refuses_a_cross_origin_text_plain_post(searcher, record_property
         foreign = request(port, "POST", "/api/search", {**headers, "Content-Type": "application/json",
                                                         "Origin": "http://attacker.example"}, SEARCH)
         fine = request(port, "POST", "/api/search", {**headers, "Content-Type": "application/json"}, SEARCH)
+        image_tag = request(port, "GET", "/api/search?q=red", {"Host": f"127.0.0.1:{port}", "Connection": "close",
+                                                                "Sec-Fetch-Site": "cross-site"})
     record(record_property, "server: cross-origin text/plain POST", "415", plain)
     assert status_of(plain) == 415 and b"application/json" in plain
     assert status_of(foreign) == 403
     assert status_of(fine) == 200 and b"red.mp4" in fine
+    assert status_of(image_tag) == 403  # another site's <img src=...> cannot make the server search
 
 
 def test_server_answers_a_malformed_content_length_with_400(searcher, record_property):

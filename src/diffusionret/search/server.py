@@ -103,6 +103,9 @@ class SearchHandler(BaseHTTPRequestHandler):
                 "error": f"Host {host!r} is refused: this server answers only to http://127.0.0.1:{port}/ or "
                          f"http://localhost:{port}/ (other names are how DNS-rebinding pages reach local servers)"})
             return True
+        if self.headers.get("Sec-Fetch-Site") == "cross-site" and urlsplit(self.path).path.startswith("/api/"):
+            self._json(HTTPStatus.FORBIDDEN, {"error": "the API answers only its own page (Sec-Fetch-Site: cross-site)"})
+            return True
         return False
 
     def do_GET(self) -> None:
