@@ -101,7 +101,8 @@ def test_changed_setting_after_a_kill_starts_fresh_and_keeps_the_old_run_aside(t
     straight_new, _ = train(tmp_path / "straight-new", new, lr=0.02)
     record_property("case", "kill, edit params.yaml (train.lr), run again")
     record_property("expected", "a fresh run completes (exit 0); the interrupted run is kept aside, named")
-    record_property("observed", message.strip().splitlines()[0][:160] if message.strip() else "no message")
+    record_property("observed", ("completed from step 0, interrupted run kept aside" if "kept aside" in message
+                                 else f"no run kept aside: {message.strip()[:120]!r}"))
     record_property("files_lost", lost)
     assert lost == 0  # the interrupted run is kept, byte for byte
     assert "kept aside" in message and "0.lr: 0.01 -> 0.02" in message and str(partial) in message
