@@ -243,8 +243,19 @@ def build_index(videos_dir: Path, model_dir: Path, index_dir: Path, *, batch_siz
         changed = bool(to_hash or report.removed or report.generator_updated or manifest is None
                        or {item["path"] for item in kept_failures} != set(old_failures))
         if changed:
-            _commit(index_dir, existing, manifest, files, source, finished, kept_failures + new_failures,
-                    videos_dir, model_dir, fingerprint, settings, max_words)
+            try:
+                _commit(index_dir, existing, manifest, files, source, finished, kept_failures + new_failures,
+                        videos_dir, model_dir, fingerprint, settings, max_words)
+            except OSError as error:  # a full disk: the manifest still names the previous generation
+                generation = (existing["generation"] + 1) if existing else 1
+                remove_named(generation_dir(index_dir, generation), GENERATION_FILES)
+                detail = error.strerror or str(error)
+                if error.filename and str(error.filename) not in detail:
+                    detail = f"writing {error.filename} failed: {detail}"
+                raise SearchIndexError(
+                    f"{index_dir}: {detail}. The index was not changed (it still holds generation "
+                    f"{existing['generation'] if existing else 'none'}); the encoded batches are kept in "
+                    f"{work.path}, so the same command finishes the update once there is room") from None
         work.remove()
         report.videos = len(source)
         report.seconds = time.perf_counter() - started
@@ -268,15 +279,8 @@ def _commit(index_dir: Path, existing: dict | None, manifest: dict | None, files
 
     rows = [video for video in files if video.path in source]
     width = _width(old_features, finished)
-    try:
-        features = open_memmap_reserved(folder / "features.npy", np.float32,
-                                        (len(rows), settings.max_frames, width))  # (V, T, D)
-    except OSError as error:
-        remove_named(folder, GENERATION_FILES)
-        raise SearchIndexError(f"{index_dir}: {error.strerror}. The index was not changed (it still holds "
-                               f"generation {existing['generation'] if existing else 'none'}); the encoded batches "
-                               f"are kept in {index_dir / 'work'}, so the same command resumes once there is "
-                               "room") from None
+    features = open_memmap_reserved(folder / "features.npy", np.float32,
+                                    (len(rows), settings.max_frames, width))  # (V, T, D)
     mask = np.zeros((len(rows), settings.max_frames), dtype=bool)  # (V, T)
     entries = []
     for row, video in enumerate(rows):
