@@ -37,6 +37,8 @@ def configure(tracking_uri: str, artifact_root: str, repo_root: Path) -> str:
     uri = resolve_tracking_uri(tracking_uri, repo_root)
     mlflow.set_tracking_uri(uri)
     os.environ["MLFLOW_TRACKING_URI"] = uri
+    if redact_uri(uri) != uri:  # mlflow prints "View run at: <server URL>" with the credentials in it
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     os.environ["_DIFFUSIONRET_ARTIFACT_ROOT"] = str((repo_root / artifact_root).resolve())
     return uri
 

@@ -28,6 +28,7 @@ def test_tracking_credentials_stay_out_of_mlflow_run_json_and_logged_params(tmp_
     from diffusionret.train import TrainingState
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", SECRET_URI)  # how a user points training at a shared server
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
     logged: dict = {}
     monkeypatch.setattr(tracking, "start_run", lambda **kwargs: contextlib.nullcontext())  # no server to reach
     monkeypatch.setattr(tracking, "active_run_id", lambda: "0123abcd")
@@ -57,3 +58,6 @@ def test_tracking_credentials_stay_out_of_mlflow_run_json_and_logged_params(tmp_
     assert reference["run_id"] == "0123abcd"
     assert reference["tracking_uri"] == ("https://***@mlflow.example.org:5000/api?workspace=lab&access_token=***")
     assert logged["tracking.tracking_uri"] == reference["tracking_uri"] and logged["train.lr"] == "0.001"
+    import os
+
+    assert os.environ.get("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT") == "true"  # no "View run at: <URL>" line
