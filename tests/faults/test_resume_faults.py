@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import json
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,47 @@ def test_resume_reads_no_pickle_and_ends_exactly_like_an_uninterrupted_run(tmp_p
     assert observed == "resumed without pickle"
     assert "resumed from" in capsys.readouterr().out
     assert same(resumed_final, straight_final) and same(resumed_best, straight_best)
+
+
+class OpensAFile:
+    """A pickle that runs code when loaded (here: creates a file), as a state shared by someone else could."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_a_pickled_state_of_an_older_version_is_never_loaded(tmp_path, capsys, record_property):
+    fingerprint = {"0.lr": 0.01}
+    partial = tmp_path / "partial" / "train_disc" / "synthetic"
+    legacy = partial / "state-00000004"  # the layout 18f375f wrote: accelerate's pickles straight under the stage
+    legacy.mkdir(parents=True)
+    ran = tmp_path / "code-ran-on-load"
+    for index in range(4):
+        (legacy / f"custom_checkpoint_{index}.pkl").write_bytes(pickle.dumps(OpensAFile(ran)))
+    (legacy / "progress.json").write_text(json.dumps({"step": 4, "best_value": -1.0, "best_source": "raw",
+                                                      "best_step": 3, "extra": {"fingerprint": fingerprint}}))
+    before = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in legacy.iterdir()}
+    capsys.readouterr()
+    try:
+        final, _ = train(partial, fingerprint)
+        failure = None
+    except Exception as error:  # noqa: BLE001 - what the old loader raised after running the pickle
+        final, failure = {}, f"{type(error).__name__}: {error}"
+    message = capsys.readouterr().out
+    kept = partial / "legacy-pickled" / "state-00000004"
+    after = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in kept.iterdir()} if kept.is_dir() else {}
+    lost = sum(1 for name, digest in before.items() if after.get(name) != digest)
+    straight, _ = train(tmp_path / "straight", fingerprint)
+    record_property("case", "data/partial holds a pickled state (older version, or copied from someone)")
+    record_property("expected", "never unpickled; kept aside in legacy-pickled/; training starts at step 0")
+    record_property("observed", "code ran while loading the state" if ran.exists() else failure or
+                    "not loaded, kept aside, trained from step 0")
+    record_property("files_lost", lost)
+    assert not ran.exists(), "loading the state ran code from a pickle"
+    assert failure is None, failure
+    assert lost == 0  # moved aside unread, byte for byte
+    assert "pickle" in message and str(partial / "legacy-pickled") in message
+    assert same(final, straight)  # started from step 0, not from the pickled state
