@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest

@@ -8,8 +8,8 @@ raised from the batch stream after some steps, which leaves on disk exactly what
 from __future__ import annotations
 
 import hashlib
-import pickle
 import json
+import pickle
 from pathlib import Path
 
 import pytest

@@ -10,8 +10,6 @@ import os
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
