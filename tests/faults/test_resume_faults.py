@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusionret.optim import build_optimizer, warmup_cosine_lambda
-from diffusionret.train import LoopSettings, TrainingState, run_training
+from diffusionret.training.loop import LoopSettings, TrainingState, run_training
+from diffusionret.training.optim import build_optimizer, warmup_cosine_lambda
 
 pytestmark = pytest.mark.faults
 

@@ -40,7 +40,7 @@ def write_model(directory: Path) -> Path:
     from diffusionret.model.checkpoint import save_extractor, save_module
     from diffusionret.model.denoiser import Generator
     from diffusionret.model.extractor import build_feature_extractor
-    from diffusionret.text import train_bpe_tokenizer
+    from diffusionret.model.tokenizer import train_bpe_tokenizer
 
     tokenizer = train_bpe_tokenizer(["a red circle moves left", "the blue square is moving up"],
                                     directory / "disc" / "tokenizer", 300)
