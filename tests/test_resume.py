@@ -54,7 +54,8 @@ def train(root: Path, env: dict, partial: str, kill_after_step: int | None = Non
     state_dir = root / partial / "train_disc" / "synthetic"
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
-        if any(int(path.parent.name.split("-")[1]) >= kill_after_step for path in state_dir.glob("state-*/progress.json")):
+        if any(int(path.parent.name.split("-")[1]) >= kill_after_step
+               for path in state_dir.glob("run-*/state-*/progress.json")):
             process.send_signal(signal.SIGKILL)
             break
         time.sleep(0.05)
@@ -76,7 +77,7 @@ def test_killed_run_resumes_to_the_same_weights_and_mlflow_run(prepared):
     assert not (root / "partial-straight/train_disc/synthetic").exists(), "a finished run leaves no state"
 
     train(root, env, "partial-killed", kill_after_step=20)
-    saved = sorted((root / "partial-killed/train_disc/synthetic").glob("state-*/progress.json"))
+    saved = sorted((root / "partial-killed/train_disc/synthetic").glob("run-*/state-*/progress.json"))
     assert 1 <= len(saved) <= 2, saved  # keep_checkpoints = 2
     state = json.loads(saved[-1].read_text())
     assert 20 <= state["step"] < 60
@@ -104,17 +105,29 @@ def test_killed_run_resumes_to_the_same_weights_and_mlflow_run(prepared):
         [p.value for p in sorted(resumed_curve, key=lambda p: p.step)], abs=1e-6)
 
 
-def test_resume_with_changed_model_params_is_refused(prepared):
+def test_changed_params_after_a_kill_start_a_fresh_run_and_keep_the_old_one_aside(prepared):
+    """Kill, edit params.yaml, run again: the new setting trains from step 0; the interrupted run is kept aside."""
+    import hashlib
+
     root, env = prepared
-    train(root, env, "partial-refused", kill_after_step=20)
+    train(root, env, "partial-changed", kill_after_step=20)
+    state_dir = root / "partial-changed" / "train_disc" / "synthetic"
+    before = {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in state_dir.rglob("*") if path.is_file()}
+    killed_run_id = json.loads(sorted(state_dir.glob("run-*/state-*/progress.json"))[-1].read_text())["extra"][
+        "mlflow_run_id"]
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["model"]["head"] = "meanP"
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    refused = subprocess.run([sys.executable, str(REPO / "stages" / "train_disc.py"), "--benchmark", "synthetic"],
+    changed = subprocess.run([sys.executable, str(REPO / "stages" / "train_disc.py"), "--benchmark", "synthetic"],
                              cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2
-    assert "different parameters" in refused.stderr and "head" in refused.stderr and "meanP" in refused.stderr
-    assert "partial-refused" in refused.stderr  # names the directory to delete
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    assert "kept aside" in changed.stdout and "meanP" in changed.stdout and "partial-changed" in changed.stdout
+    assert "resumed from" not in changed.stdout + changed.stderr
+    assert all(path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == digest
+               for path, digest in before.items())  # the interrupted run is untouched
+    model_dir = root / "models" / "synthetic" / "disc"
+    assert json.loads((model_dir / "model.json").read_text())["model"]["head"] == "meanP"
+    assert json.loads((model_dir / "mlflow_run.json").read_text())["run_id"] != killed_run_id  # a fresh MLflow run
 
 
 @pytest.mark.multiproc

@@ -4,6 +4,7 @@ Runs live in an explicit sqlite store at the repository root (never a CWD-relati
 environment-notes P10/P11). One experiment per trained benchmark; the stage-1 run is the parent, and the
 stage-2 run and every evaluation cell are its children (linked with the `mlflow.parentRunId` tag, which
 works across processes). Metric names follow the project's scheme: `loss/contrastive`, `t2v/R1`, ...
+Params, tags and the run reference are written with credentials stripped from any URI in them (redact.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import re
 import subprocess
 from pathlib import Path
 from typing import Any, Iterable
+
+from diffusionret.redact import redact_text, redact_uri
 
 _METRIC_NAME = re.compile(r"^[/\w.\- :]*$")
 
@@ -34,6 +37,8 @@ def configure(tracking_uri: str, artifact_root: str, repo_root: Path) -> str:
     uri = resolve_tracking_uri(tracking_uri, repo_root)
     mlflow.set_tracking_uri(uri)
     os.environ["MLFLOW_TRACKING_URI"] = uri
+    if redact_uri(uri) != uri:  # mlflow prints "View run at: <server URL>" with the credentials in it
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     os.environ["_DIFFUSIONRET_ARTIFACT_ROOT"] = str((repo_root / artifact_root).resolve())
     return uri
 
@@ -68,7 +73,7 @@ def start_run(*, experiment: str, run_name: str, tags: dict[str, Any], parent_ru
 
     if resume_run_id is not None:
         return mlflow.start_run(run_id=resume_run_id)
-    all_tags = {key: str(value) for key, value in tags.items()}
+    all_tags = {key: redact_text(str(value)) for key, value in tags.items()}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     return mlflow.start_run(experiment_id=experiment_id(experiment), run_name=run_name, tags=all_tags)
@@ -78,7 +83,7 @@ def log_params(flat_params: dict[str, Any]) -> None:
     """Log flattened params (values rendered as strings, within MLflow's length limit)."""
     import mlflow
 
-    rendered = {key: (json.dumps(value) if isinstance(value, (list, dict)) else str(value))[:6000]
+    rendered = {key: redact_text(json.dumps(value) if isinstance(value, (list, dict)) else str(value))[:6000]
                 for key, value in flat_params.items()}
     items = list(rendered.items())
     for start in range(0, len(items), 100):
@@ -98,7 +103,7 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
 def set_tags(tags: dict[str, Any]) -> None:
     import mlflow
 
-    mlflow.set_tags({key: str(value) for key, value in tags.items()})
+    mlflow.set_tags({key: redact_text(str(value)) for key, value in tags.items()})
 
 
 def log_artifacts(paths: Iterable[Path], artifact_path: str | None = None) -> None:
@@ -126,9 +131,12 @@ def active_run_id() -> str:
 
 
 def write_run_reference(path: Path, run_id: str, experiment: str, tracking_uri: str) -> None:
-    """The small DVC output that lets a later stage nest its run under this one."""
+    """The small DVC output that lets a later stage nest its run under this one.
+
+    It is pushed with `dvc push`, so the tracking URI is written without its credentials (`redact_uri`).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"run_id": run_id, "experiment": experiment, "tracking_uri": tracking_uri},
+    path.write_text(json.dumps({"run_id": run_id, "experiment": experiment, "tracking_uri": redact_uri(tracking_uri)},
                                indent=2) + "\n")
 
 

@@ -63,9 +63,9 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
     selection = params.eval.selection  # "val" (held out); "test" reproduces the official protocol, tagged as such
     val_ann = load_annotations(paths.annotations(name, selection))
     cache = load_frame_cache(paths.frames(name))
-    state = TrainingState(paths.partial("train_disc", name))
     weights_fingerprint = fingerprint(params.model, settings, bench, {"image_size": params.preprocess.image_size},
                                       {"selection": params.eval.selection}, exclude=NOT_AFFECTING_WEIGHTS)
+    state = TrainingState(paths.partial("train_disc", name), weights_fingerprint)
 
     tokenizer = prepare_tokenizer(params.model.backbone, params.model.tokenizer_vocab_size, train_ann.captions,
                                   out_dir / "tokenizer", accelerator)
@@ -110,7 +110,6 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
             optimizer=optimizer, scheduler=scheduler, batches=batches, validate=validate,
             settings=loop_settings(settings), state=state, log_metrics=logger.log_metrics,
             after_step=extractor.clamp_logit_scale_, extra_state=logger.extra_state,
-            fingerprint=weights_fingerprint,
         )
         if accelerator.is_main_process:
             metadata = {
@@ -131,5 +130,5 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
             shutil.copyfile(state.log_csv, plots_dir / "disc_loss.csv")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        state.clear()  # outputs are written: a later run (e.g. with new params) starts fresh
+        state.clear()  # outputs are written: a later run with the same params starts fresh
     return {"best_source": result.best_source, "best_value": result.best_value, "best_step": result.best_step}

@@ -90,7 +90,11 @@ def train_gen(name: str, params: Params, paths: Paths, repo_root: Path) -> dict:
         if "noise_rng" in progress.extra:
             noise.set_state(torch.tensor(progress.extra["noise_rng"], dtype=torch.uint8))
 
-    state = TrainingState(paths.partial("train_gen", name))
+    rerank_settings = {key: getattr(params.eval, key)
+                       for key in ("rerank_k", "rerank_temperature", "rerank_alpha", "seed", "selection")}
+    state = TrainingState(paths.partial("train_gen", name),
+                          fingerprint(settings, params.diffusion, rerank_settings, {"seed": params.train.seed},
+                                      exclude=NOT_AFFECTING_WEIGHTS))
     parent = tracking.read_run_reference(paths.disc_model(name) / "mlflow_run.json")["run_id"]
     logger = RunLogger(accelerator, params, repo_root, experiment=name, run_name=f"{name}/gen",
                        tags={"stage": "gen", "benchmark": name, "seed": params.train.seed,
@@ -100,8 +104,6 @@ def train_gen(name: str, params: Params, paths: Paths, repo_root: Path) -> dict:
                              "selection": params.eval.selection,
                              "git_commit": tracking.git_commit(repo_root)},
                        state=state, curve="loss/generative", parent_run_id=parent)
-    rerank_settings = {key: getattr(params.eval, key)
-                       for key in ("rerank_k", "rerank_temperature", "rerank_alpha", "seed", "selection")}
     with logger:
         logger.log_params(flatten(params))
         result = run_training(
@@ -109,8 +111,6 @@ def train_gen(name: str, params: Params, paths: Paths, repo_root: Path) -> dict:
             scheduler=scheduler, batches=batches, validate=validate, settings=loop_settings(settings),
             state=state, log_metrics=logger.log_metrics, on_resume=restore_noise,
             extra_state=lambda: {**logger.extra_state(), "noise_rng": noise.get_state().tolist()},
-            fingerprint=fingerprint(settings, params.diffusion, rerank_settings, {"seed": params.train.seed},
-                                    exclude=NOT_AFFECTING_WEIGHTS),
         )
         if accelerator.is_main_process:
             out_dir = paths.gen_model(name)

@@ -14,7 +14,6 @@ each finished batch is saved under work/ and an interrupted run resumes from the
 from __future__ import annotations
 
 import fcntl
-import shutil
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -31,8 +30,9 @@ from diffusionret.features.encode import encode_videos
 from diffusionret.search.files import VideoFile, scan_videos
 from diffusionret.search.model import (FrameSettings, Fingerprint, SearchModel, fingerprint_model, frame_settings,
                                        load_search_model)
-from diffusionret.search.store import (FORMAT, MANIFEST, SearchIndexError, WorkDir, generation_dir, read_manifest,
-                                       remove_stale, thumb_path, write_json_atomic, write_strip)
+from diffusionret.search.store import (FORMAT, GENERATION_FILES, MANIFEST, WORK_FILES, SearchIndexError, WorkDir,
+                                       claim_index_dir, generation_dir, open_memmap_reserved, read_manifest,
+                                       remove_named, remove_stale, thumb_path, write_json_atomic, write_strip)
 
 DEFAULT_BATCH = 128  # videos decoded, encoded and saved per round (the unit an interrupted run loses)
 ENCODE_BATCH = 32  # videos per extractor forward pass
@@ -140,7 +140,7 @@ def _encode_round(model: SearchModel, work: WorkDir, videos: dict[str, Path], *,
         durations = [probe_duration(videos[sha]) for sha in cache.video_ids]
         work.save_shard(list(cache.video_ids), encoded.frames.float().numpy(), encoded.mask.numpy(),
                         [float("nan") if d is None else d for d in durations])
-    shutil.rmtree(work.decoded, ignore_errors=True)  # encoded now: the decoded frames are no longer needed
+    remove_named(work.decoded, WORK_FILES, recursive=True)  # encoded now: the decoded frames are no longer needed
     return errors
 
 
@@ -158,6 +158,7 @@ def build_index(videos_dir: Path, model_dir: Path, index_dir: Path, *, batch_siz
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     fingerprint = fingerprint_model(model_dir)
     settings, max_words = frame_settings(model_dir, decoder)
+    claim_index_dir(index_dir)
     with _exclusive(index_dir):
         existing = read_manifest(index_dir)
         manifest = None if rebuild else existing
@@ -212,9 +213,16 @@ def build_index(videos_dir: Path, model_dir: Path, index_dir: Path, *, batch_siz
             with tqdm(total=len(pending), desc="indexing videos", unit="video", disable=not progress) as bar:
                 for number, start in enumerate(range(0, len(pending), batch_size)):
                     batch = dict(pending[start:start + batch_size])
-                    failed_now.update(_encode_round(model, work, batch, workers=workers, time_limit_s=time_limit_s,
-                                                    progress=False))
-                    work.save_failures(failed_now)
+                    try:
+                        failed_now.update(_encode_round(model, work, batch, workers=workers,
+                                                        time_limit_s=time_limit_s, progress=False))
+                        work.save_failures(failed_now)
+                    except OSError as error:  # a full disk or a read-only folder: stop, keep what is finished
+                        where = error.filename or work.path
+                        raise SearchIndexError(
+                            f"writing {where} failed: {error.strerror or error}. Free space there (or fix its "
+                            f"permissions) and run the same command again: the {number} finished batch(es) in "
+                            f"{work.path} are kept and the index in {index_dir} is unchanged") from None
                     bar.update(len(batch))
                     if after_batch is not None:
                         after_batch(number)
@@ -235,8 +243,19 @@ def build_index(videos_dir: Path, model_dir: Path, index_dir: Path, *, batch_siz
         changed = bool(to_hash or report.removed or report.generator_updated or manifest is None
                        or {item["path"] for item in kept_failures} != set(old_failures))
         if changed:
-            _commit(index_dir, existing, manifest, files, source, finished, kept_failures + new_failures,
-                    videos_dir, model_dir, fingerprint, settings, max_words)
+            try:
+                _commit(index_dir, existing, manifest, files, source, finished, kept_failures + new_failures,
+                        videos_dir, model_dir, fingerprint, settings, max_words)
+            except OSError as error:  # a full disk: the manifest still names the previous generation
+                generation = (existing["generation"] + 1) if existing else 1
+                remove_named(generation_dir(index_dir, generation), GENERATION_FILES)
+                detail = error.strerror or str(error)
+                if error.filename and str(error.filename) not in detail:
+                    detail = f"writing {error.filename} failed: {detail}"
+                raise SearchIndexError(
+                    f"{index_dir}: {detail}. The index was not changed (it still holds generation "
+                    f"{existing['generation'] if existing else 'none'}); the encoded batches are kept in "
+                    f"{work.path}, so the same command finishes the update once there is room") from None
         work.remove()
         report.videos = len(source)
         report.seconds = time.perf_counter() - started
@@ -250,8 +269,8 @@ def _commit(index_dir: Path, existing: dict | None, manifest: dict | None, files
     """Write the new generation of features and swap the manifest to it; then delete what is stale."""
     generation = (existing["generation"] + 1) if existing else 1
     folder = generation_dir(index_dir, generation)
-    shutil.rmtree(folder, ignore_errors=True)  # half-written by an interrupted commit
-    folder.mkdir(parents=True)
+    remove_named(folder, GENERATION_FILES)  # half-written by an interrupted commit
+    folder.mkdir(parents=True, exist_ok=True)
     old_features = old_mask = None
     if manifest is not None and manifest["videos"]:  # rows kept from the current generation
         old_folder = generation_dir(index_dir, manifest["generation"])
@@ -260,8 +279,8 @@ def _commit(index_dir: Path, existing: dict | None, manifest: dict | None, files
 
     rows = [video for video in files if video.path in source]
     width = _width(old_features, finished)
-    features = np.lib.format.open_memmap(folder / "features.npy", mode="w+", dtype=np.float32,
-                                         shape=(len(rows), settings.max_frames, width))  # (V, T, D)
+    features = open_memmap_reserved(folder / "features.npy", np.float32,
+                                    (len(rows), settings.max_frames, width))  # (V, T, D)
     mask = np.zeros((len(rows), settings.max_frames), dtype=bool)  # (V, T)
     entries = []
     for row, video in enumerate(rows):
@@ -288,7 +307,7 @@ def _commit(index_dir: Path, existing: dict | None, manifest: dict | None, files
         "videos": entries, "failures": sorted(failures, key=lambda item: item["path"]),
     }
     write_json_atomic(index_dir / MANIFEST, new_manifest)
-    remove_stale(index_dir, new_manifest)
+    remove_stale(index_dir, new_manifest, existing, written=set(finished))
 
 
 def _width(old_features, finished: dict[str, dict]) -> int:

@@ -15,6 +15,7 @@ Ties keep the lower row (videos are stored sorted by path), in both stages.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -154,9 +155,10 @@ class Searcher:
         with self._lock:
             self.refresh()
         manifest = self.index.manifest
-        return {"index": str(self.index.directory), "videos": self.num_videos, "videos_root": manifest["videos_root"],
-                "model": manifest["model"], "frames": manifest["frames"], "updated": manifest["updated"],
-                "failures": len(manifest["failures"])}
+        return {"index": shown_path(self.index.directory), "videos": self.num_videos,
+                "videos_root": shown_path(manifest["videos_root"]),
+                "model": {**manifest["model"], "dir": shown_path(manifest["model"]["dir"])},
+                "frames": manifest["frames"], "updated": manifest["updated"], "failures": len(manifest["failures"])}
 
     def encode_queries(self, queries: list[str]) -> TextFeatures:
         """Token features, mask and sentence feature of each query: (Q, L, D), (Q, L), (Q, D)."""
@@ -239,6 +241,17 @@ class Searcher:
         return results
 
 
+def shown_path(path) -> str:
+    """`path` relative to the working directory, as the user would type it (what the server and --json show).
+
+    An absolute path would tell every reader of the API the user's home folder and account name.
+    """
+    try:
+        return Path(os.path.relpath(Path(path).resolve(), Path.cwd().resolve())).as_posix()
+    except ValueError:  # another drive (Windows)
+        return Path(path).name
+
+
 def _manifest_stamp(index_dir: Path) -> tuple[int, int] | None:
     """(modification time, size) of the manifest: it changes whenever an update is committed."""
     try:
@@ -263,5 +276,5 @@ def format_results(results: list[QueryResult]) -> str:
 
 def results_json(searcher: Searcher, results: list[QueryResult], settings: dict) -> dict:
     """The JSON document of a search (the same for the CLI's --json and the server's /api/search)."""
-    return {"index": str(searcher.index.directory), "model": searcher.index.manifest["model"]["fingerprint"],
+    return {"index": shown_path(searcher.index.directory), "model": searcher.index.manifest["model"]["fingerprint"],
             "videos": searcher.num_videos, "settings": settings, "queries": [r.as_dict() for r in results]}

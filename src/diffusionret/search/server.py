@@ -9,10 +9,18 @@
 /api/search answers exactly what `diffusionret search --json` prints. Standard library only
 (http.server.ThreadingHTTPServer); it listens on 127.0.0.1 unless told otherwise, and its Content-Security-Policy
 lets the page load nothing but its own files.
+
+What a web page in the user's browser could try is refused: a `Host` that is a name other than `localhost` (a DNS
+rebinding attack points a name it owns at 127.0.0.1; bound to a non-loopback address, the server also accepts that
+address's IP literals, never a name), a POST whose body is not `application/json` (a cross-origin form or
+`text/plain` fetch needs no CORS preflight) or whose `Origin` is another site. Bodies, query counts and socket
+waits are bounded (a short body or an idle connection is dropped after REQUEST_TIMEOUT_S), and /api/info shows
+paths relative to the folder the server runs in.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +32,8 @@ from diffusionret.search.store import SHA256_PATTERN, thumb_path
 
 MAX_TOP = 1000
 MAX_BODY = 1 << 20
+MAX_QUERIES = 256  # queries per request (each is encoded and, by default, re-ranked by DDIM)
+REQUEST_TIMEOUT_S = 30.0  # a socket that sends nothing for this long is closed (idle, or a body cut short)
 CSP = "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'"
 TRUE, FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
@@ -57,10 +67,50 @@ def parse_settings(raw: dict) -> dict:
             "approximate": boolean("approximate", False), "candidates": integer("candidates", DEFAULT_CANDIDATES)}
 
 
+def split_host(value: str) -> str:
+    """The host part of a Host header value (`[::1]:8765` -> `::1`, `localhost:8765` -> `localhost`)."""
+    value = value.strip()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def host_allowed(host: str, bound_to_loopback: bool) -> bool:
+    """`localhost` or a loopback IP literal; any IP literal when the server listens beyond this machine."""
+    host = host.lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a name: what DNS rebinding needs
+    return address.is_loopback or not bound_to_loopback
+
+
 class SearchHandler(BaseHTTPRequestHandler):
     server: "SearchServer"
+    timeout = REQUEST_TIMEOUT_S  # socket timeout of every read and write (StreamRequestHandler applies it)
+
+    def _refused(self) -> bool:
+        """Answer and return True when the Host header names something other than this machine's loopback."""
+        host = self.headers.get("Host")
+        if host is None:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": "the request has no Host header"})
+            return True
+        if not host_allowed(split_host(host), self.server.loopback):
+            port = self.server.server_address[1]
+            self._json(HTTPStatus.FORBIDDEN, {
+                "error": f"Host {host!r} is refused: this server answers only to http://127.0.0.1:{port}/ or "
+                         f"http://localhost:{port}/ (other names are how DNS-rebinding pages reach local servers)"})
+            return True
+        if self.headers.get("Sec-Fetch-Site") == "cross-site" and urlsplit(self.path).path.startswith("/api/"):
+            self._json(HTTPStatus.FORBIDDEN, {"error": "the API answers only its own page (Sec-Fetch-Site: cross-site)"})
+            return True
+        return False
 
     def do_GET(self) -> None:
+        if self._refused():
+            return
         url = urlsplit(self.path)
         if url.path in ASSETS:
             content_type, body = ASSETS[url.path]
@@ -77,16 +127,42 @@ class SearchHandler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {url.path}"})
 
     def do_POST(self) -> None:
+        if self._refused():
+            return
         if urlsplit(self.path).path != "/api/search":
             self._json(HTTPStatus.NOT_FOUND, {"error": f"POST is only for /api/search, not {self.path}"})
             return
-        length = int(self.headers.get("Content-Length") or 0)
+        origin = self.headers.get("Origin")
+        if origin is not None and urlsplit(origin).netloc.lower() != self.headers.get("Host", "").lower():
+            self._json(HTTPStatus.FORBIDDEN, {"error": f"cross-origin POST from {origin} refused"})
+            return
+        content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            self._json(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {
+                "error": f"POST /api/search takes Content-Type: application/json, got {content_type or 'none'!r}"})
+            return
+        declared = self.headers.get("Content-Length")
+        if declared is None:
+            self._json(HTTPStatus.LENGTH_REQUIRED, {"error": "POST /api/search needs a Content-Length header"})
+            return
+        if not declared.strip().isdigit():
+            self._json(HTTPStatus.BAD_REQUEST, {"error": f"Content-Length must be a byte count, got {declared!r}"})
+            return
+        length = int(declared)
         if length > MAX_BODY:
             self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"request body over {MAX_BODY} bytes"})
             return
         try:
-            body = json.loads(self.rfile.read(length) or b"{}")
-        except json.JSONDecodeError as error:
+            data = self.rfile.read(length)
+        except TimeoutError:
+            data = b""
+        if len(data) < length:  # the client stopped sending (timeout) or closed its side
+            self._json(HTTPStatus.REQUEST_TIMEOUT, {"error": f"the body ended after {len(data)} of the {length} "
+                                                             f"bytes Content-Length announced"})
+            return
+        try:
+            body = json.loads(data or b"{}")
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             self._json(HTTPStatus.BAD_REQUEST, {"error": f"the body is not JSON: {error}"})
             return
         if not isinstance(body, dict) or not isinstance(body.get("queries", []), list):
@@ -98,6 +174,8 @@ class SearchHandler(BaseHTTPRequestHandler):
         try:
             if not queries or not all(isinstance(query, str) and query.strip() for query in queries):
                 raise BadRequest("give at least one non-empty query (`q=...` or {\"queries\": [...]})")
+            if len(queries) > MAX_QUERIES:
+                raise BadRequest(f"{len(queries)} queries in one request; at most {MAX_QUERIES} (send several)")
             settings = parse_settings(raw)
             results = self.server.searcher.search(queries, **settings)
         except (ValueError, RuntimeError) as error:  # bad parameters, or e.g. faiss missing for approximate
@@ -139,6 +217,14 @@ class SearchServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], searcher: Searcher, quiet: bool = False):
         super().__init__(address, SearchHandler)
         self.searcher, self.quiet = searcher, quiet
+        self.loopback = address[0] == "localhost" or _is_loopback(address[0])
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def make_server(searcher: Searcher, host: str = "127.0.0.1", port: int = 8765, quiet: bool = False) -> SearchServer:

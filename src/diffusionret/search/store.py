@@ -1,6 +1,7 @@
 """The on-disk search index.
 
     INDEX_DIR/
+      .diffusionret-index     marker written first: {"format": 1}; an update refuses a non-empty folder without it
       index.json              manifest, written last and atomically: format, model fingerprint, frame settings,
                               videos root, the current generation, one entry per video in row order
                               {path, size, mtime_ns, duration_s, sha256, frames} and the undecodable files
@@ -12,6 +13,10 @@
 
 An update writes a NEW generation folder and then swaps the manifest, so a reader never sees half an index and
 a killed update leaves the previous index intact (its finished batches stay in work/ for the next run).
+
+Deleting is narrow: the index removes only files it names itself (the files of a generation folder, the
+thumbnails of entries it dropped, the files of work/), never a folder's whole tree, so a file a user put inside
+an index folder survives every update.
 """
 
 from __future__ import annotations
@@ -26,11 +31,16 @@ from pathlib import Path
 import numpy as np
 
 FORMAT = 1
+MARKER = ".diffusionret-index"
 MANIFEST = "index.json"
 THUMBS = "thumbs"
 WORK = "work"
 THUMB_MAX_PX = 96  # thumbnails are the model's frames, scaled down to at most this many pixels a side
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+GENERATION_PATTERN = re.compile(r"^gen-(\d{6})$")
+GENERATION_FILES = ("features.npy", "mask.npy", "prefilter-hnsw.faiss")  # all a generation folder ever holds
+WORK_FILES = re.compile(r"^(work\.json|failures\.json|\d{6}(\.tmp)?\.npz|frames\.npy|mask\.npy|videos\.json|"
+                        r".+\.npy(\.tmp|\.started)?|.+\.tmp)$")  # work/ and its shards/, batch/, decoded/<settings>/
 
 
 class SearchIndexError(ValueError):
@@ -49,6 +59,27 @@ def write_json_atomic(path: Path, value) -> None:
     os.replace(tmp, path)
 
 
+def open_memmap_reserved(path: Path, dtype, shape: tuple[int, ...]) -> np.memmap:
+    """A new .npy file mapped for writing, its disk blocks reserved first.
+
+    A plain `open_memmap` makes a sparse file: on a full disk the first write to an unbacked page kills the
+    process with SIGBUS and no message. Reserving (posix_fallocate) turns that into an OSError here, before
+    anything is written; the file is then removed again.
+    """
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    size = os.path.getsize(path)
+    try:
+        with open(path, "r+b") as handle:
+            os.posix_fallocate(handle.fileno(), 0, size)
+    except OSError as error:
+        del array
+        Path(path).unlink(missing_ok=True)
+        free = shutil.disk_usage(Path(path).parent).free
+        raise OSError(error.errno, f"cannot reserve {size:,} bytes for {path} ({free:,} bytes free on that disk: "
+                                   f"{error.strerror}); free space there or choose a folder on another disk") from None
+    return array
+
+
 def read_manifest(index_dir: Path) -> dict | None:
     """The manifest of `index_dir`, or None when no index was ever completed there."""
     path = Path(index_dir) / MANIFEST
@@ -65,6 +96,65 @@ def read_manifest(index_dir: Path) -> dict | None:
     return manifest
 
 
+def claim_index_dir(index_dir: Path) -> None:
+    """Make `index_dir` an index folder: a new or empty folder gets the marker; one with the marker is ours.
+
+    Any other folder is refused before anything in it is touched: an update deletes stale files of its own, and
+    in a folder it did not make those names could be a user's files.
+    """
+    index_dir = Path(index_dir)
+    marker = index_dir / MARKER
+    fix = "pass a new or empty folder to --out (the index creates it)"
+    if index_dir.exists() and not index_dir.is_dir():
+        raise SearchIndexError(f"{index_dir} is a file, not a folder; {fix}")
+    if marker.is_file():
+        try:
+            made = json.loads(marker.read_text())
+        except json.JSONDecodeError:
+            made = {}
+        if not isinstance(made, dict) or made.get("format") != FORMAT:
+            found = made.get("format") if isinstance(made, dict) else made
+            raise SearchIndexError(f"{marker} says index format {found!r}; this version writes format {FORMAT} and "
+                                   f"does not update another. Nothing was changed; {fix}")
+        return
+    if index_dir.is_dir() and any(index_dir.iterdir()) and not _made_before_markers(index_dir):
+        raise SearchIndexError(f"{index_dir} is not empty and is not a search index made by `diffusionret index` "
+                               f"(it has no {MARKER}); nothing in it was changed or deleted. {fix[0].upper()}{fix[1:]}")
+    index_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(marker, {"format": FORMAT, "made_by": "diffusionret index"})
+
+
+def _made_before_markers(index_dir: Path) -> bool:
+    """True for an index of this format written before the marker existed (a valid manifest of ours)."""
+    try:
+        manifest = json.loads((index_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(manifest, dict) and manifest.get("format") == FORMAT
+            and {"generation", "videos", "videos_root", "model"} <= set(manifest))
+
+
+def remove_named(folder: Path, names, recursive: bool = False) -> None:
+    """Delete the files of `folder` named in `names` (a collection, or a compiled pattern), then the folder if empty.
+
+    With `recursive`, sub-folders are handled the same way. Nothing else is deleted: a file of another name, and
+    the folder holding it, stay.
+    """
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for path in folder.iterdir():
+        if path.is_dir() and not path.is_symlink():
+            if recursive:
+                remove_named(path, names, recursive=True)
+        elif names.match(path.name) if hasattr(names, "match") else path.name in names:
+            path.unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:  # holds something not ours
+        pass
+
+
 def generation_dir(index_dir: Path, generation: int) -> Path:
     return Path(index_dir) / f"gen-{generation:06d}"
 
@@ -73,17 +163,23 @@ def thumb_path(index_dir: Path, sha256: str) -> Path:
     return Path(index_dir) / THUMBS / f"{sha256}.png"
 
 
-def remove_stale(index_dir: Path, manifest: dict) -> None:
-    """Delete generation folders and thumbnails the manifest no longer references."""
+def remove_stale(index_dir: Path, manifest: dict, previous: dict | None, written: set[str] = frozenset()) -> None:
+    """Delete what the new `manifest` no longer references: earlier generations' files, dropped thumbnails.
+
+    Only names the index gives its own files are deleted: in `gen-<n>` folders numbered below the current
+    generation, the files a generation holds; in thumbs/, the thumbnails of the `previous` manifest's entries and
+    of the videos `written` (sha256) during this update that the new manifest does not list.
+    """
     index_dir = Path(index_dir)
-    current = generation_dir(index_dir, manifest["generation"]).name
-    for folder in index_dir.glob("gen-*"):
-        if folder.is_dir() and folder.name != current:
-            shutil.rmtree(folder, ignore_errors=True)
+    for folder in index_dir.iterdir():
+        number = GENERATION_PATTERN.match(folder.name)
+        if number and int(number.group(1)) < manifest["generation"]:
+            remove_named(folder, GENERATION_FILES)
     referenced = {entry["sha256"] for entry in manifest["videos"]}
-    for thumb in (index_dir / THUMBS).glob("*.png"):
-        if thumb.stem not in referenced:
-            thumb.unlink(missing_ok=True)
+    listed = {entry["sha256"] for entry in previous["videos"]} if previous else set()
+    for sha in (listed | set(written)) - referenced:
+        if SHA256_PATTERN.match(sha):
+            thumb_path(index_dir, sha).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- loaded index ----------------------------------
@@ -143,7 +239,7 @@ class WorkDir:
         self.failures_file = self.path / "failures.json"
         stamp = self.path / "work.json"
         if self.path.is_dir() and (not stamp.is_file() or json.loads(stamp.read_text()) != owner):
-            shutil.rmtree(self.path)  # left by another model or settings: not reusable
+            self.remove()  # left by another model or settings: not reusable
         self.shards.mkdir(parents=True, exist_ok=True)
         if not stamp.is_file():
             write_json_atomic(stamp, owner)
@@ -183,8 +279,13 @@ class WorkDir:
     def save_failures(self, failures: dict[str, str]) -> None:
         write_json_atomic(self.failures_file, failures)
 
+    def written(self) -> set[str]:
+        """sha256 of the videos encoded in work/ (their thumbnails were written with them)."""
+        return set(self.load_shards())
+
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Delete work/'s own files (shards, failures, stamp, decoded and batch frames); a foreign file stays."""
+        remove_named(self.path, WORK_FILES, recursive=True)
 
 
 def write_strip(frames: np.ndarray, path: Path, max_px: int = THUMB_MAX_PX) -> None:
