@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from diffusionret import tracking
-from diffusionret.config import Params, flatten
+from diffusionret.config import Params, batches_per_epoch, flatten, resolve_schedule
 from diffusionret.data.batches import StepBatchSampler
 from diffusionret.data.datasets import CaptionVideoDataset
 from diffusionret.data.frames import FrameCache, load_frame_cache
@@ -71,6 +71,8 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
     split = partition(accelerator, settings, "train")
     out_dir, plots_dir = paths.disc_model(name), paths.plots(name)
     train_ann = load_annotations(paths.annotations(name, "train"))
+    settings = resolve_schedule(settings, train_ann.num_captions, "train")  # epochs -> steps
+    per_epoch = batches_per_epoch(train_ann.num_captions, settings.global_batch, "train")
     selection = params.eval.selection  # "val" (held out); "test" reproduces the official protocol, tagged as such
     val_ann = load_annotations(paths.annotations(name, selection))
     cache = load_frame_cache(paths.frames(name))
@@ -111,7 +113,8 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
                              "world_size": accelerator.num_processes, "global_batch": settings.global_batch,
                              "per_device_batch": settings.global_batch // accelerator.num_processes,
                              "micro_batches": split.micro_batches, "precision": settings.precision,
-                             "selection": selection,
+                             "selection": selection, "steps": settings.steps, "steps_per_epoch": per_epoch,
+                             "train_videos": train_ann.num_videos, "train_pairs": train_ann.num_captions,
                              "git_commit": tracking.git_commit(repo_root)},
                        state=state, curve="loss/contrastive")
     with logger:
@@ -119,7 +122,7 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
         result = run_training(
             accelerator=accelerator, objective=ContrastiveObjective(extractor, split), trainable=extractor,
             optimizer=optimizer, scheduler=scheduler, batches=batches, validate=validate,
-            settings=loop_settings(settings), state=state, log_metrics=logger.log_metrics,
+            settings=loop_settings(settings, per_epoch), state=state, log_metrics=logger.log_metrics,
             after_step=extractor.clamp_logit_scale_, extra_state=logger.extra_state,
             fingerprint=weights_fingerprint,
         )
@@ -132,7 +135,8 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
                          "image_size": params.preprocess.image_size},
                 "selected": {"source": result.best_source, "step": result.best_step,
                              "val_t2v_R1": result.best_value, "split": selection},
-                "steps": settings.steps,
+                "steps": settings.steps, "epochs": settings.epochs,
+                "train": {"videos": train_ann.num_videos, "pairs": train_ann.num_captions},
             }
             save_extractor(extractor, out_dir, metadata, state=result.best_state)
             logger.finish(out_dir / "mlflow_run.json", summary={
