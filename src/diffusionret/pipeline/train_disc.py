@@ -33,13 +33,13 @@ from diffusionret.train import TrainingState, run_training
 
 def prepare_tokenizer(backbone: str, vocab_size: int, train_captions, out_dir: Path, accelerator):
     """A from-scratch backbone gets a BPE trained on the training captions; a checkpoint brings its own."""
-    from diffusionret.model.backbone import NAMED_CLIP_CONFIGS
+    from diffusionret.model.backbone import NAMED_CLIP_CONFIGS, resolve_backbone
 
     if accelerator.is_main_process:
         if backbone in NAMED_CLIP_CONFIGS:
             train_bpe_tokenizer(train_captions, out_dir, vocab_size)
         else:
-            load_tokenizer(backbone).save_pretrained(str(out_dir))
+            load_tokenizer(resolve_backbone(backbone)).save_pretrained(str(out_dir))
     accelerator.wait_for_everyone()
     return load_tokenizer(out_dir)
 
