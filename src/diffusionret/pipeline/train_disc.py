@@ -86,10 +86,15 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
     val_ids, val_mask = tokenize(tokenizer, val_ann.captions, bench.max_words)
 
     seed_everything(settings.seed)  # identical initial weights on every process
+    from diffusionret.model.backbone import NAMED_CLIP_CONFIGS
+
+    # a from-scratch architecture takes the vocabulary of the BPE trained here; a checkpoint keeps its own
+    vocabulary = (dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+                  if params.model.backbone in NAMED_CLIP_CONFIGS else {})
     extractor = build_feature_extractor(
         params.model.backbone, temporal=params.model.temporal, temporal_layers=params.model.temporal_layers,
-        head=params.model.head, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        head=params.model.head, **vocabulary,
     ).to(accelerator.device)
     seed_everything(settings.seed * accelerator.num_processes + accelerator.process_index)
     optimizer, scheduler = make_optimizer(settings, extractor, extractor.backbone.clip)
