@@ -216,19 +216,28 @@ TEST_OVERRIDES = ["train.epochs=1", "train.global_batch=4", "train.num_workers=0
                   "diffusion.steps=5"]
 
 
+@pytest.fixture(scope="module")
+def tracking_db(tmp_path_factory):
+    """One MLflow store for the module (creating a sqlite store costs seconds); variables restored afterwards."""
+    folder = tmp_path_factory.mktemp("tracking")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlruns.db'}")
+        patch.setenv("_DIFFUSIONRET_ARTIFACT_ROOT", str(folder / "mlruns"))
+        yield folder
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name, stage2", [("msrvtt-9k-vitb32", True), ("msrvtt-7k-vitb16", False),
                                           ("lsmdc-vitb32", False), ("msvd-vitb16", False),
-                                          ("activitynet-vitb32", False), ("didemo-vitb16", True)])
-def test_preset_starts_training_with_a_local_hub_format_clip(name, stage2, tiny_clip, tmp_path, monkeypatch):
-    """The values of the preset's one command (backbone pointed at a local folder, two steps of a tiny batch)
-    train stage 1 on CPU; two families also extract features and train stage 2."""
+                                          ("activitynet-vitb32", False), ("didemo-vitb16", False)])
+def test_preset_starts_training_with_a_local_hub_format_clip(name, stage2, tiny_clip, tracking_db, tmp_path):
+    """The values of the preset's one command (backbone pointed at a local folder, one epoch of a tiny batch =
+    two steps) train stage 1 on CPU; the MSRVTT family also extracts features and trains stage 2."""
     from diffusionret.model.checkpoint import read_metadata
     from diffusionret.pipeline.extract import extract_features
     from diffusionret.pipeline.train_disc import train_disc
     from diffusionret.pipeline.train_gen import train_gen
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
-    monkeypatch.setenv("_DIFFUSIONRET_ARTIFACT_ROOT", str(tmp_path / "mlruns"))
     work = tmp_path / "work"
     paths_overrides = [f"data.{key}_root={work / key}" for key in ("raw", "frames", "features", "partial", "manifests")]
     params = applied(tmp_path, preset_overrides(name, str(tiny_clip), TEST_OVERRIDES + paths_overrides, PRESETS))
@@ -313,3 +322,52 @@ def test_preset_run_fetches_the_backbone_with_the_hub_allowed(monkeypatch, tiny_
     assert cli_main(["preset", "run", "msrvtt-9k-vitb32", "--presets", str(PRESETS)]) == 0
     assert seen["repo_id"] == "openai/clip-vit-base-patch32" and seen["local_files_only"] is False
     assert seen["env_offline"] == ("0", "0") and seen["command"][:3] == ["dvc", "exp", "run"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Paper mode trains on the whole training split
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_paper_mode_trains_on_the_whole_msrvtt_train_split(tmp_path):
+    """selection: val carves val_videos_from_train videos off the 9k csv; selection: test (paper mode) keeps every
+    training video and caption and writes no val split."""
+    import csv
+
+    from diffusionret.data.records import load_annotations
+    from diffusionret.data.synthetic import write_mp4
+    from diffusionret.pipeline.preprocess import preprocess_benchmark
+
+    raw = tmp_path / "raw" / "msrvtt"
+    (raw / "videos").mkdir(parents=True)
+    train_ids = [f"video{i}" for i in range(10)]
+    test_ids = [f"video{i}" for i in range(10, 13)]
+    with (raw / "MSRVTT_train.9k.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([["video_id"], *[[v] for v in train_ids]])
+    with (raw / "MSRVTT_JSFUSION_test.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([["key", "vid_key", "video_id", "sentence"],
+                                      *[[f"ret{i}", f"msr{i}", v, f"test caption {v}"] for i, v in enumerate(test_ids)]])
+    sentences = [{"video_id": v, "caption": f"caption {k} of {v}", "sen_id": 3 * i + k}
+                 for i, v in enumerate(train_ids + test_ids) for k in range(3)]
+    (raw / "MSRVTT_data.json").write_text(json.dumps({"sentences": sentences}))
+    for video in train_ids + test_ids:
+        write_mp4(raw / "videos" / f"{video}.mp4", np.full((4, 32, 32, 3), 80, np.uint8), 4)
+
+    source = yaml.safe_load((REPO / "params.yaml").read_text())
+    source["data"].update({f"{key}_root": str(tmp_path / key) for key in ("raw", "frames", "features", "partial",
+                                                                          "manifests")})
+    source["benchmarks"]["msrvtt"].update(val_videos_from_train=4, max_frames=2)
+    source["preprocess"].update(image_size=16, workers=1)
+    params = params_from_dict(source)
+    paths = Paths(tmp_path, params.data)
+    settings = params.benchmark("msrvtt")
+
+    preprocess_benchmark("msrvtt", settings, params.preprocess, paths, progress=False, selection="val")
+    carved = load_annotations(paths.annotations("msrvtt", "val"))
+    assert carved.num_videos == 4 and load_annotations(paths.annotations("msrvtt", "train")).num_videos == 6
+
+    preprocess_benchmark("msrvtt", settings, params.preprocess, paths, progress=False, selection="test")
+    train = load_annotations(paths.annotations("msrvtt", "train"))
+    assert train.video_ids == tuple(train_ids) and train.num_captions == 3 * len(train_ids)
+    assert not paths.annotations("msrvtt", "val").exists()
+    assert load_annotations(paths.annotations("msrvtt", "test")).video_ids == tuple(test_ids)
