@@ -497,8 +497,8 @@ def batch_partition(settings: StageTrainParams, world_size: int, section: str) -
 
 
 def batches_per_epoch(num_pairs: int, global_batch: int, section: str) -> int:
-    """Global batches in one pass over the training pairs; the incomplete last batch is dropped (as the
-    batch sampler and the official loader do), so epoch k ends exactly after step k x this number."""
+    """Global batches in one pass over the training pairs; the incomplete last batch is dropped (the batch
+    sampler's epochs are permutations cut into whole batches), so epoch k ends exactly after step k x this number."""
     if num_pairs < global_batch:
         raise ConfigError(f"params: `{section}.global_batch` = {global_batch} is larger than the {num_pairs} "
                           f"training pairs; lower it")
