@@ -26,7 +26,7 @@ install: $(STAMP)
 
 # dvc needs a git repository; a plain copy of the tree gets one so the pipeline still runs.
 repro: $(STAMP)
-	test -d .git || (git init -q && git add -A && git -c user.name=diffusionret -c user.email=diffusionret@localhost commit -qm "snapshot")
+	git rev-parse --is-inside-work-tree >/dev/null 2>&1 || (git init -q && git add -A && git -c user.name=diffusionret -c user.email=diffusionret@localhost commit -qm "snapshot")
 	time dvc repro
 	dvc metrics show
 
@@ -42,5 +42,5 @@ mlflow-ui: $(STAMP)
 .PHONY: paper
 paper: $(STAMP)
 	@test -n "$(PRESET)" || (echo "set PRESET, one of:"; $(VENV)/bin/diffusionret preset list; exit 2)
-	git rev-parse --git-dir >/dev/null 2>&1 || (git init -q && git add -A && git -c user.name=diffusionret -c user.email=diffusionret@localhost commit -qm "snapshot")
+	git rev-parse --is-inside-work-tree >/dev/null 2>&1 || (git init -q && git add -A && git -c user.name=diffusionret -c user.email=diffusionret@localhost commit -qm "snapshot")
 	HF_HUB_OFFLINE=0 TRANSFORMERS_OFFLINE=0 $(VENV)/bin/diffusionret preset run $(PRESET) $(ARGS)

@@ -135,7 +135,7 @@ def test_official_validation_cadence(raw):
 def test_training_loop_validates_at_the_extra_steps(tmp_path):
     from accelerate import Accelerator
 
-    from diffusionret.train import LoopSettings, TrainingState, run_training
+    from diffusionret.training.loop import LoopSettings, TrainingState, run_training
 
     model = torch.nn.Linear(2, 1)
 
@@ -171,7 +171,7 @@ def tiny_clip(tmp_path_factory) -> Path:
     """A CLIP folder as the hub serves it (config.json, model.safetensors, tokenizer files): 224 px, width 32."""
     from transformers import CLIPConfig, CLIPModel
 
-    from diffusionret.text import train_bpe_tokenizer
+    from diffusionret.model.tokenizer import train_bpe_tokenizer
 
     folder = tmp_path_factory.mktemp("tiny-clip")
     tokenizer = train_bpe_tokenizer([f"a clip of thing {i} moving left" for i in range(50)], folder, 300)

