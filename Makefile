@@ -26,7 +26,7 @@ install: $(STAMP)
 
 # dvc needs a git repository; a plain copy of the tree gets one so the pipeline still runs.
 repro: $(STAMP)
-	test -d .git || (git init -q && git add -A && git -c user.name=diffusionret -c user.email=diffusionret@localhost commit -qm "snapshot")
+	git rev-parse --is-inside-work-tree >/dev/null 2>&1 || (git init -q && git add -A && git -c user.name=diffusionret -c user.email=diffusionret@localhost commit -qm "snapshot")
 	time dvc repro
 	dvc metrics show
 
@@ -39,3 +39,12 @@ faults: $(STAMP)
 
 mlflow-ui: $(STAMP)
 	mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000 --workers 1
+
+# Paper presets (configs/presets/): the official recipe of one benchmark, e.g. `make paper PRESET=msrvtt-9k-vitb32`.
+# The preset command allows the Hugging Face hub for its backbone (this file switches the hub off for the rest);
+# ARGS passes more options, e.g. ARGS="--backbone /data/clip-vit-base-patch32 -S train.micro_batch=32".
+.PHONY: paper
+paper: $(STAMP)
+	@test -n "$(PRESET)" || (echo "set PRESET, one of:"; $(VENV)/bin/diffusionret preset list; exit 2)
+	git rev-parse --is-inside-work-tree >/dev/null 2>&1 || (git init -q && git add -A && git -c user.name=diffusionret -c user.email=diffusionret@localhost commit -qm "snapshot")
+	HF_HUB_OFFLINE=0 TRANSFORMERS_OFFLINE=0 $(VENV)/bin/diffusionret preset run $(PRESET) $(ARGS)

@@ -102,7 +102,8 @@ def test_mean_pool_without_temporal_matches_backbone(extractor):
         scores = plain(ids, text_mask, frames, video_mask)
         _, sentence = extractor.backbone.encode_text(ids, text_mask)
         per_frame = extractor.backbone.encode_frames(frames, video_mask)
-    pooled = torch.stack([per_frame[b, video_mask[b].bool()].mean(0) for b in range(2)])  # (V, D)
+    unit = torch.nn.functional.normalize(per_frame, dim=-1)  # CLIP4Clip meanP: frames normalised, then averaged
+    pooled = torch.stack([unit[b, video_mask[b].bool()].mean(0) for b in range(2)])  # (V, D)
     expected = torch.nn.functional.cosine_similarity(sentence[:, None, :], pooled[None, :, :], dim=-1)
     torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-6)
 

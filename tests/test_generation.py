@@ -55,6 +55,41 @@ def test_fillers_are_last_and_flagged():
     assert all(len(set(row.tolist())) == 7 for row in t2v)  # the query's own item is never repeated
 
 
+def _official_candidates(similarity, keys, k):
+    """The official pick restated: w = softmax(row), every same-video entry (own included) set to -1, top k
+    (ties of -1 in batch order); the candidate list is [own] + those k."""
+    B = len(keys)
+    rows = []
+    for i in range(B):
+        weights = torch.softmax(similarity[i].double(), dim=0).tolist()
+        weights = [-1.0 if int(keys[j]) == int(keys[i]) else weights[j] for j in range(B)]
+        order = sorted(range(B), key=lambda j: (-weights[j], j))
+        rows.append([i] + order[:k])
+    return torch.tensor(rows)
+
+
+@pytest.mark.parametrize("k", [1, 4, 5, 6])
+def test_faithful_negatives_match_the_official_pick(k):
+    similarity = torch.randn(7, 7, generator=torch.Generator().manual_seed(10 + k))
+    t2v, v2t = select_candidates(similarity, VIDEO_KEYS, k, faithful=True)
+    assert torch.equal(t2v, _official_candidates(similarity, VIDEO_KEYS, k))
+    assert torch.equal(v2t, _official_candidates(similarity.T, VIDEO_KEYS, k))
+
+
+def test_faithful_negatives_can_repeat_the_query_own_item_ours_never_do():
+    """With a duplicate video in the batch and K = B - 1 the official list holds the own item as a negative."""
+    similarity = torch.randn(7, 7, generator=torch.Generator().manual_seed(3))
+    faithful, _ = select_candidates(similarity, VIDEO_KEYS, 6, faithful=True)
+    ours, _ = select_candidates(similarity, VIDEO_KEYS, 6)
+    repeated = [row for row in range(7) if row in faithful[row, 1:].tolist()]
+    # rows 0 and 1 are the first items of videos 0 and 1: their own item precedes the duplicate in batch order,
+    # so the one tied -1 left out is the duplicate and the own item fills the last slot
+    assert repeated == [0, 1]
+    assert not any(row in ours[row, 1:].tolist() for row in range(7))
+    unique = torch.tensor([0, 1, 2, 3, 4, 5, 6])  # no duplicates: both picks agree
+    assert torch.equal(select_candidates(similarity, unique, 6, faithful=True)[0], select_candidates(similarity, unique, 6)[0])
+
+
 def test_select_candidates_rejects_bad_k_and_shapes():
     similarity = torch.zeros(4, 4)
     keys = torch.arange(4)

@@ -133,10 +133,40 @@ def test_mean_pool_matches_numpy():
     expected = np.zeros((3, 4))
     for a in range(3):
         for b in range(4):
-            pooled = (v[b] * m[b][:, None]).sum(0) / m[b].sum()
+            unit = v[b] / np.linalg.norm(v[b], axis=1, keepdims=True)  # CLIP4Clip: each frame normalised first
+            pooled = (unit * m[b][:, None]).sum(0) / m[b].sum()
             expected[a, b] = s[a] @ pooled / (np.linalg.norm(s[a]) * np.linalg.norm(pooled))
     np.testing.assert_allclose(scores, expected, rtol=1e-10)
 
 
 def test_registry():
     assert SIMILARITY_HEADS == {"wti": WTIHead, "meanP": MeanPoolHead}
+
+
+def test_mean_pool_normalises_frames_before_averaging():
+    """A long frame must not outweigh a short one: with unit frames e1 and 10 * e2, the video is (e1 + e2) / 2."""
+    video = torch.zeros(1, 2, WIDTH, dtype=torch.float64)
+    video[0, 0, 0], video[0, 1, 1] = 1.0, 10.0
+    sentences = torch.zeros(2, WIDTH, dtype=torch.float64)
+    sentences[0, 0], sentences[1, 1] = 1.0, 1.0  # one along each frame
+    scores = MeanPoolHead(WIDTH)(sentences[:, None], torch.ones(2, 1), sentences, video, torch.ones(1, 2))
+    # both sentences are at 45 degrees from (e1 + e2) / 2; averaging raw frames would give 0.0995 and 0.995
+    np.testing.assert_allclose(scores[:, 0].numpy(), [2 ** -0.5, 2 ** -0.5], rtol=1e-12)
+
+
+@pytest.mark.parametrize("width", [64, 512])
+def test_wti_weight_mlps_use_the_official_init(width):
+    """Every Linear of both weight MLPs: weights N(0, 0.02), biases 0 (the official init of the whole model)."""
+    torch.manual_seed(0)
+    head = WTIHead(width)
+    linears = [m for mlp in (head.text_weight_fc, head.video_weight_fc) for m in mlp if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 4
+    for linear in linears:
+        weights = linear.weight.detach().double().numpy().ravel()
+        # the sample std of n draws of N(0, 0.02) has standard error 0.02 / sqrt(2n); PyTorch's default
+        # Kaiming-uniform has std 1 / sqrt(3 fan_in): 0.072 (first Linear) and 0.051 (second) at width 64,
+        # and its biases are not zero
+        standard_error = 0.02 / np.sqrt(2 * weights.size)
+        assert abs(weights.std() - 0.02) < 6 * standard_error, (linear, weights.std())
+        assert abs(weights.mean()) < 6 * 0.02 / np.sqrt(weights.size)
+        assert torch.count_nonzero(linear.bias) == 0

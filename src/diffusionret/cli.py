@@ -5,6 +5,7 @@
     diffusionret index --videos DIR --model models/<benchmark> --out INDEX_DIR    (search your own videos)
     diffusionret search --index INDEX_DIR "query text" [--top 10] [--rerank/--no-rerank] [--json]
     diffusionret serve --index INDEX_DIR [--port 8765]
+    diffusionret preset list | show NAME | apply NAME | run NAME [--backbone DIR_OR_HUB_ID] [-S key=value ...]
 """
 
 from __future__ import annotations
@@ -188,6 +189,95 @@ def _print_check(result: dict) -> None:
     print("complete" if result["complete"] else "INCOMPLETE")
 
 
+# --- paper presets (issue 15) -----------------------------------------------------------------------------------
+
+
+def preset_overrides(name: str, backbone: str | None, extra: list[str], directory: Path) -> list[str]:
+    """The preset's `key=value` overrides, then `--backbone`, then the user's `-S` (later ones win)."""
+    from diffusionret.presets import load_preset, merge, override_strings, parse_user_overrides
+
+    nested = load_preset(name, directory)
+    if backbone:
+        nested = merge(nested, {"model": {"backbone": backbone}})
+    return override_strings(merge(nested, parse_user_overrides(extra)))
+
+
+def hub_environment(offline: bool) -> dict[str, str]:
+    """The environment of a preset run: the hub allowed for the backbone (make exports it switched off)."""
+    import os
+
+    value = "1" if offline else "0"
+    return {**os.environ, "HF_HUB_OFFLINE": value, "TRANSFORMERS_OFFLINE": value}
+
+
+def fetch_backbone(overrides: list[str], offline: bool) -> str | None:
+    """Download (or find in the hub cache) the preset's pretrained backbone before anything runs."""
+    import os
+
+    from diffusionret.model.backbone import NAMED_CLIP_CONFIGS
+
+    backbone = yaml.safe_load(next(o for o in overrides if o.startswith("model.backbone=")).split("=", 1)[1])
+    if backbone in NAMED_CLIP_CONFIGS:
+        return None
+    os.environ.update({key: hub_environment(offline)[key] for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")})
+    from diffusionret.model.backbone import resolve_backbone
+
+    return resolve_backbone(backbone)
+
+
+def run_preset(args) -> int:
+    """`preset list|show|apply|run`: the official recipe of a benchmark applied with one command."""
+    import shlex
+    import subprocess
+
+    from diffusionret.presets import apply_to_params_file, preset_names
+
+    if args.preset_command == "list":
+        print("\n".join(preset_names(args.presets)))
+        return 0
+    overrides = preset_overrides(args.name, args.backbone, args.overrides, args.presets)
+    command = ["dvc", "exp", "run", *(["--name", args.exp_name] if args.exp_name else [])]
+    for override in overrides:
+        command += ["-S", override]
+    if args.preset_command == "show":
+        print(shlex.join(command))
+        return 0
+    if args.preset_command == "apply":
+        apply_to_params_file(args.params, overrides)
+        print(f"{args.params}: {len(overrides)} values of preset {args.name} written; run `dvc repro` (with the hub "
+              f"allowed for model.backbone, e.g. HF_HUB_OFFLINE=0) or `dvc exp run`")
+        return 0
+    folder = fetch_backbone(overrides, args.offline)
+    if folder:
+        print(f"backbone ready in {folder}")
+    if args.dry_run:
+        print(shlex.join(command))
+        return 0
+    return subprocess.call(command, env=hub_environment(args.offline))
+
+
+def _add_preset_parser(commands) -> None:
+    preset = commands.add_parser("preset", help="paper presets: the official recipe of one benchmark, one command")
+    preset_commands = preset.add_subparsers(dest="preset_command", required=True)
+    listing = preset_commands.add_parser("list", help="the preset names")
+    listing.add_argument("--presets", type=Path, default=Path("configs/presets"))
+    for name, text in (("show", "print the `dvc exp run` command of a preset"),
+                       ("apply", "write a preset's values into params.yaml (as `dvc exp run -S` would)"),
+                       ("run", "fetch the preset's backbone (hub allowed) and start `dvc exp run` with its values")):
+        sub = preset_commands.add_parser(name, help=text)
+        sub.add_argument("name", help="<benchmark>-<variant>, e.g. msrvtt-9k-vitb32 (`diffusionret preset list`)")
+        sub.add_argument("--backbone", help="model.backbone instead of the preset's hub id: a local CLIP folder "
+                                            "(config.json, weights, tokenizer files) or another hub id")
+        sub.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="further params overrides, after the preset's (e.g. train.micro_batch=32)")
+        sub.add_argument("--name", dest="exp_name", help="name of the DVC experiment")
+        sub.add_argument("--presets", type=Path, default=Path("configs/presets"))
+        sub.add_argument("--params", type=Path, default=Path("params.yaml"))
+        sub.add_argument("--offline", action="store_true", help="keep the hub switched off (the backbone must be "
+                                                                "a local folder or in the hub cache)")
+        sub.add_argument("--dry-run", action="store_true", help="run: fetch the backbone, print the command only")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="diffusionret", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -214,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--params", type=Path, default=Path("params.yaml"))
     check.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     check.add_argument("--json", action="store_true")
+    _add_preset_parser(commands)
     from diffusionret.search import commands as search_commands  # parsers only; heavy imports on use
 
     search_commands.add_commands(commands)
@@ -235,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
                                 args.params)
             print(json.dumps(result, indent=2)) if args.json else _print_check(result)
             return 0 if result["complete"] else 1
+        elif args.command == "preset":
+            return run_preset(args)
     except (ConfigError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -190,13 +190,13 @@ class DiffusionParams:
 class StageTrainParams:
     """Optimisation settings of one training stage."""
 
-    steps: int = 1000
+    steps: int | None = 1000  # optimiser steps; exactly one of steps and epochs is set (the other null)
     global_batch: int = 64  # all processes together; each process takes global_batch / world_size
     micro_batch: int = 0  # per-process micro-batch for gradient accumulation (0 = the whole per-process batch)
     lr: float = 1e-4
     coef_lr: float = 1e-3  # CLIP parameters train at lr * coef_lr
     weight_decay: float = 0.2
-    warmup_steps: int = 100
+    warmup_steps: int | None = 100  # exactly one of warmup_steps and warmup_proportion is set
     optimizer: str = "adamw"
     grad_clip: float = 1.0
     ema_decay: float = 0.99
@@ -205,9 +205,23 @@ class StageTrainParams:
     checkpoint_every: int = 250  # resumable state saved every N steps (and at the end)
     keep_checkpoints: int = 1  # saved states kept (older ones are pruned)
     num_workers: int = 0  # data-loader workers
+    # --- paper-mode schedule (issue 15): epochs, warm-up proportion, the official validation cadence ---
+    epochs: int | None = None  # alternative to steps: steps = epochs x (training pairs // global_batch)
+    warmup_proportion: float | None = None  # alternative to warmup_steps: a fraction of the steps (official 0.1)
+    val_first_step: bool = False  # also validate after the first step (official)
+    val_epoch_ends: bool = False  # also validate at the end of every epoch (official)
 
     def validate(self, path: str) -> None:
-        _check(self.steps >= 1, f"{path}.steps", self.steps, "an integer >= 1")
+        _check((self.steps is None) != (self.epochs is None), f"{path}.steps", self.steps,
+               f"exactly one of `{path}.steps` and `{path}.epochs` set (the other null); epochs = {self.epochs}")
+        _check(self.steps is None or self.steps >= 1, f"{path}.steps", self.steps, "an integer >= 1 or null")
+        _check(self.epochs is None or self.epochs >= 1, f"{path}.epochs", self.epochs, "an integer >= 1 or null")
+        _check((self.warmup_steps is None) != (self.warmup_proportion is None), f"{path}.warmup_steps",
+               self.warmup_steps, f"exactly one of `{path}.warmup_steps` and `{path}.warmup_proportion` set (the "
+               f"other null); warmup_proportion = {self.warmup_proportion}")
+        if self.warmup_proportion is not None:
+            _check(0 <= self.warmup_proportion < 1, f"{path}.warmup_proportion", self.warmup_proportion,
+                   "a number in [0, 1) or null")
         _check(self.global_batch >= 2, f"{path}.global_batch", self.global_batch, "an integer >= 2")
         _check(self.micro_batch >= 0, f"{path}.micro_batch", self.micro_batch, "an integer >= 0 (0 = no accumulation)")
         _check(self.checkpoint_every >= 1, f"{path}.checkpoint_every", self.checkpoint_every, "an integer >= 1")
@@ -215,8 +229,9 @@ class StageTrainParams:
         _check(self.lr > 0 and math.isfinite(self.lr), f"{path}.lr", self.lr, "a number > 0")
         _check(self.coef_lr >= 0, f"{path}.coef_lr", self.coef_lr, "a number >= 0")
         _check(self.weight_decay >= 0, f"{path}.weight_decay", self.weight_decay, "a number >= 0")
-        _check(0 <= self.warmup_steps <= self.steps, f"{path}.warmup_steps", self.warmup_steps,
-               f"an integer in [0, steps={self.steps}]")
+        if self.warmup_steps is not None:
+            _check(0 <= self.warmup_steps <= (self.steps if self.steps is not None else math.inf),
+                   f"{path}.warmup_steps", self.warmup_steps, f"an integer in [0, steps={self.steps}]")
         _in(f"{path}.optimizer", self.optimizer, OPTIMIZERS)
         _check(self.grad_clip >= 0, f"{path}.grad_clip", self.grad_clip, "a number >= 0 (0 = off)")
         _check(0 <= self.ema_decay < 1, f"{path}.ema_decay", self.ema_decay, "a number in [0, 1)")
@@ -250,6 +265,7 @@ class TrainGenParams(StageTrainParams):
     loss_temperature_inv: float = 100.0  # 1 / tau_g of the generation loss
     negative_value: float = 0.0  # x0 entry of the negatives (official --neg: 0 or -1)
     frame_temperature: float = 1.0  # tau_f of the denoisers' text-frame attention pooling
+    faithful_negatives: bool = False  # the official hard-negative pick (may include the query's own item)
 
     def validate(self, path: str) -> None:
         super().validate(path)
@@ -384,8 +400,8 @@ def _convert(value: Any, annotation: Any, path: str) -> Any:
             try:
                 return _convert(value, option, path)
             except ConfigError as error:
-                errors.append(str(error))
-        _fail(path, value, " or ".join(str(a) for a in typing.get_args(annotation)))
+                errors.append(str(error).split("; expected ", 1)[-1])
+        _fail(path, value, " or ".join(errors))
     if annotation is type(None):
         _check(value is None, path, value, "null")
         return None
@@ -481,3 +497,32 @@ def batch_partition(settings: StageTrainParams, world_size: int, section: str) -
         raise ConfigError(f"params: `{section}.micro_batch` = {settings.micro_batch} does not divide the "
                           f"per-process batch {per_process} (= global_batch / {world_size} processes)")
     return per_process, per_process // micro
+
+
+# ---------------------------------------------------------------------------------------------------
+# Schedule resolution (issue 15): epochs and warm-up proportion -> steps, at a stage's entry point
+# ---------------------------------------------------------------------------------------------------
+
+
+def batches_per_epoch(num_pairs: int, global_batch: int, section: str) -> int:
+    """Global batches in one pass over the training pairs; the incomplete last batch is dropped (the batch
+    sampler's epochs are permutations cut into whole batches), so epoch k ends exactly after step k x this number."""
+    if num_pairs < global_batch:
+        raise ConfigError(f"params: `{section}.global_batch` = {global_batch} is larger than the {num_pairs} "
+                          f"training pairs; lower it")
+    return num_pairs // global_batch
+
+
+S = typing.TypeVar("S", bound=StageTrainParams)
+
+
+def resolve_schedule(settings: S, num_pairs: int, section: str) -> S:
+    """A copy of `settings` with `steps` and `warmup_steps` set: steps = epochs x batches_per_epoch when
+    `epochs` is given, warmup_steps = round(warmup_proportion x steps) when the proportion is given."""
+    per_epoch = batches_per_epoch(num_pairs, settings.global_batch, section)
+    steps = settings.steps if settings.steps is not None else settings.epochs * per_epoch
+    warmup = (settings.warmup_steps if settings.warmup_steps is not None
+              else int(round(settings.warmup_proportion * steps)))
+    if warmup > steps:
+        _fail(f"{section}.warmup_steps", warmup, f"an integer in [0, steps={steps}]")
+    return dataclasses.replace(settings, steps=steps, warmup_steps=warmup)

@@ -94,7 +94,8 @@ def read_benchmark_splits(reader: str, root: Path, *, benchmark: str, splits: di
                           errors: dict[str, str] | None = None) -> dict[str, SplitAnnotations]:
     """Every split (train, val, test) in the common form; `splits` maps each role to the benchmark's split name.
 
-    `splits["val"] == ""` carves `val_videos_from_train` videos from train. A split without videos is left out
+    `splits["val"] == ""` carves `val_videos_from_train` videos from train; with 0 nothing is carved and there is
+    no val split (paper mode: selection on test, training on the whole train split). A split without videos is left out
     (the shifted synthetic set has no train split); test is required. With `errors` (a dict), a split whose
     files cannot be read is recorded there instead of raising (for `data check`).
     """
@@ -102,6 +103,8 @@ def read_benchmark_splits(reader: str, root: Path, *, benchmark: str, splits: di
     for role in ROLES:
         name = splits.get(role, "")
         try:
+            if role == "val" and not name and val_videos_from_train == 0:
+                continue  # paper mode: the whole train split trains, nothing is carved
             if role == "val" and not name:
                 if "train" not in result:
                     raise ValueError("the validation split is carved from train, which could not be read"

@@ -11,11 +11,16 @@ each denoiser predicts x0_hat; the loss is CE(softmax(x0_hat / tau_g), class 0) 
 
 Same-video items. A batch can hold two captions of one video; such an item is a positive, not a
 negative. `select_candidates` ranks every valid negative (other video) first and only when fewer than
-K exist fills the remaining slots with the other same-video items (most similar first), never with the
-query's own item. This matches the official code, which pushes same-video items to the end of its
-top-k instead of dropping them (reference §5), and keeps K = B - 1 (the README default, where any
-duplicate in the batch leaves fewer than K valid negatives) usable. `same_video_candidates` marks
-those fillers so a caller can count or log them.
+K exist fills the remaining slots with the other same-video items (most similar first), NEVER with the
+query's own item. This differs from the official code: it sets every same-video entry of the similarity
+row to -1, the query's own entry included, and takes the top K. Without duplicates that excludes exactly
+the own item; with a duplicate in the batch and K = B - 1 (the README setting) one of the tied -1 entries
+is left out and it may be a duplicate rather than the own item, so the official list can hold the query's
+own item twice: as the positive at index 0 (target 1) and as a "negative" (target 0). `faithful=True`
+(params `train_gen.faithful_negatives`) reproduces that pick: the tied same-video entries, own item
+included, follow the true negatives in batch order (the official topk leaves the order of ties
+unspecified). Either way K = B - 1 stays usable. `same_video_candidates` marks the same-video
+negatives so a caller can count or log them.
 """
 
 from __future__ import annotations
@@ -53,10 +58,14 @@ def contrastive_loss(similarity: torch.Tensor, logit_scale: torch.Tensor) -> tor
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2.0
 
 
-def _rank_negatives(similarity: torch.Tensor, video_keys: torch.Tensor, num_negatives: int) -> torch.Tensor:
+def _rank_negatives(similarity: torch.Tensor, video_keys: torch.Tensor, num_negatives: int,
+                    faithful: bool = False) -> torch.Tensor:
     """similarity (B, B) rows = queries -> (B, K) column indices: other videos by descending score, then same-video."""
     batch = similarity.shape[0]
     same_video = video_keys[:, None] == video_keys[None, :]  # (B, B)
+    if faithful:  # official: same-video entries (own included) masked to one value, ties in batch order
+        masked = similarity.masked_fill(same_video, float("-inf"))  # (B, B)
+        return masked.argsort(dim=1, descending=True, stable=True)[:, :num_negatives]  # (B, K)
     # bucket 0: other video (true negative), 1: same video but another item, 2: the query's own item
     bucket = same_video.long() + torch.eye(batch, dtype=torch.long, device=similarity.device)  # (B, B)
     by_score = similarity.argsort(dim=1, descending=True, stable=True)  # (B, B), ties: lower index first
@@ -65,12 +74,13 @@ def _rank_negatives(similarity: torch.Tensor, video_keys: torch.Tensor, num_nega
 
 
 def select_candidates(
-    similarity: torch.Tensor, video_keys: torch.Tensor, num_negatives: int
+    similarity: torch.Tensor, video_keys: torch.Tensor, num_negatives: int, faithful: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Candidate lists (B, 1+K) for t2v (rows = texts, items = videos) and v2t (rows = videos, items = texts).
 
     similarity[i, j] = score of text i against video j for a batch of B (text, video) pairs; video_keys
-    (B,) int64 identifies the video of each pair. Column 0 is the pair's own index, then K negatives.
+    (B,) int64 identifies the video of each pair. Column 0 is the pair's own index, then K negatives
+    (`faithful`: the official pick, see the module docstring).
     """
     if similarity.dim() != 2 or similarity.shape[0] != similarity.shape[1]:
         raise ValueError(f"select_candidates: similarity must be square (B, B), got {tuple(similarity.shape)}")
@@ -84,8 +94,8 @@ def select_candidates(
         )
     with torch.no_grad():
         own = torch.arange(batch, device=similarity.device)[:, None]  # (B, 1)
-        t2v = torch.cat([own, _rank_negatives(similarity, video_keys, num_negatives)], dim=1)  # (B, 1+K)
-        v2t = torch.cat([own, _rank_negatives(similarity.t(), video_keys, num_negatives)], dim=1)  # (B, 1+K)
+        t2v = torch.cat([own, _rank_negatives(similarity, video_keys, num_negatives, faithful)], dim=1)  # (B, 1+K)
+        v2t = torch.cat([own, _rank_negatives(similarity.t(), video_keys, num_negatives, faithful)], dim=1)
     return t2v, v2t
 
 
@@ -117,6 +127,7 @@ def stage2_loss(
     positive_value: float = 1.0,
     negative_value: float = 0.0,
     rows: slice | None = None,
+    faithful_negatives: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L_gen = CE_t2v + CE_v2t for one batch (reference §8.2); returns (loss, detached per-direction terms).
 
@@ -147,7 +158,8 @@ def stage2_loss(
             f"{generator.max_timesteps} rows; build the Generator with max_timesteps >= the diffusion steps"
         )
     sentence, frames = sentence.detach(), frames.detach()
-    t2v_idx, v2t_idx = select_candidates(similarity.detach(), video_keys, num_negatives)  # (B, N) each
+    t2v_idx, v2t_idx = select_candidates(similarity.detach(), video_keys, num_negatives,
+                                         faithful_negatives)  # (B, N) each
     batch, num_candidates = t2v_idx.shape
     device = sentence.device
 

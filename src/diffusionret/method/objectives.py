@@ -126,6 +126,7 @@ class GenerationObjective(nn.Module):
                 frame_mask=video.mask, similarity=similarity, video_keys=gathered["video_key"],
                 num_negatives=self.settings.num_negatives, temperature_inv=self.settings.loss_temperature_inv,
                 generator_rng=self.noise, negative_value=self.settings.negative_value, rows=rows,
+                faithful_negatives=self.settings.faithful_negatives,
             )
             # loss = (sum over these rows) / B; times world size so that averaging over processes sums them
             (loss * self.partition.world_size).backward()

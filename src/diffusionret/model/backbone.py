@@ -99,18 +99,72 @@ def build_clip(
             f"overridden; use its own tokenizer, or a registered name ({sorted(NAMED_CLIP_CONFIGS)}) with a "
             "tokenizer trained here."
         )
-    if Path(backbone).is_dir():
-        return CLIPModel.from_pretrained(backbone)
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    return CLIPModel.from_pretrained(resolve_backbone(backbone))
+
+
+# --- hub access for pretrained backbones (issue 15) ---------------------------------------------------------------
+
+# What a CLIP checkpoint folder needs: config, weights, tokenizer files (vocab.json, merges.txt, tokenizer*.json).
+HUB_FILES = ("*.json", "*.txt", "*.safetensors")
+HUB_FALLBACK_WEIGHTS = "pytorch_model.bin"  # only when the repository has no safetensors weights
+
+
+class BackboneUnavailable(FileNotFoundError):
+    """A pretrained backbone could neither be found locally nor fetched from the hub."""
+
+
+def hub_offline() -> bool:
+    """Whether the environment switches the Hugging Face hub off (the Makefile does: HF_HUB_OFFLINE=1)."""
+    return any(os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _unavailable(backbone: str, reason: str, offline: bool = False) -> BackboneUnavailable:
+    folder = backbone.rstrip("/").split("/")[-1]
+    allow = (f"  - to fetch it, allow the Hugging Face hub: the preset command does (`diffusionret preset run "
+             f"<name>`), or unset HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE (make sets both to 1);\n" if offline else "")
+    return BackboneUnavailable(
+        f"could not load the pretrained CLIP backbone {backbone!r}: {reason}\n{allow}"
+        f"  - download it on a machine that reaches the hub, e.g. `huggingface-cli download {backbone} "
+        f"--local-dir /data/{folder}`, and point model.backbone at that folder: "
+        f"`dvc exp run -S model.backbone=/data/{folder}` (or `diffusionret preset run <name> --backbone "
+        f"/data/{folder}`). The folder must hold config.json, the weights (model.safetensors or "
+        f"pytorch_model.bin) and the tokenizer files (vocab.json + merges.txt or tokenizer.json)."
+    )
+
+
+def resolve_backbone(backbone: str) -> str:
+    """The local folder of a pretrained backbone: a directory as given, or the snapshot of a hub id.
+
+    A hub id is fetched (only the config, safetensors weights and tokenizer files; pytorch_model.bin when the
+    repository has no safetensors) unless the hub is switched off, in which case the local hub cache must hold
+    it. Anything else is a `BackboneUnavailable` naming the backbone and how to use a local folder instead.
+    """
+    if backbone in NAMED_CLIP_CONFIGS:
+        raise ValueError(f"{backbone!r} is a registered architecture (random weights), not a checkpoint")
+    path = Path(backbone).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise _unavailable(backbone, f"the folder {path} has no config.json (not a saved CLIP checkpoint)")
+        return str(path)
+    if path.is_absolute() or backbone.startswith((".", "~")) or backbone.count("/") > 1:
+        raise _unavailable(backbone, "no such folder")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    offline = hub_offline()
     try:
-        return CLIPModel.from_pretrained(backbone, local_files_only=offline)
-    except OSError as error:
-        raise OSError(
-            f"could not load the CLIP backbone {backbone!r}: it is not a registered name "
-            f"({sorted(NAMED_CLIP_CONFIGS)}), not a local directory, and the hub "
-            f"{'is switched off (HF_HUB_OFFLINE=1)' if offline else 'did not serve it'}. "
-            "Download the checkpoint elsewhere and pass its local directory instead."
-        ) from error
+        folder = Path(snapshot_download(backbone, allow_patterns=list(HUB_FILES), local_files_only=offline))
+        if not any(folder.glob("*.safetensors")):
+            folder = Path(snapshot_download(backbone, allow_patterns=list(HUB_FILES) + [HUB_FALLBACK_WEIGHTS],
+                                            local_files_only=offline))
+    except LocalEntryNotFoundError as error:
+        reason = ("the hub is switched off (HF_HUB_OFFLINE=1) and the local hub cache does not hold it" if offline
+                  else f"the hub could not be reached ({type(error).__name__})")
+        raise _unavailable(backbone, reason, offline) from error
+    except (HfHubHTTPError, OSError, ValueError) as error:
+        raise _unavailable(backbone, f"the hub did not serve it ({type(error).__name__}: {error})", offline) from error
+    return str(folder)
 
 
 class ClipBackbone(nn.Module):

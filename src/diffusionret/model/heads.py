@@ -16,8 +16,17 @@ DEFAULT_CHUNK_SIZE = 128
 
 
 def _weight_mlp(width: int) -> nn.Sequential:
-    """Linear(D, 2D) - ReLU - Linear(2D, 1): one logit per token or frame."""
-    return nn.Sequential(nn.Linear(width, 2 * width), nn.ReLU(inplace=True), nn.Linear(2 * width, 1))
+    """Linear(D, 2D) - ReLU - Linear(2D, 1): one logit per token or frame.
+
+    Initialised as the official code initialises every Linear of its model: weights N(0, 0.02), zero biases
+    (PyTorch's default Kaiming-uniform would give other starting token/frame weights). Draws from torch's
+    global RNG, which the stage seeds before building the model.
+    """
+    mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.ReLU(inplace=True), nn.Linear(2 * width, 1))
+    for layer in (mlp[0], mlp[2]):
+        nn.init.normal_(layer.weight, mean=0.0, std=0.02)
+        nn.init.zeros_(layer.bias)
+    return mlp
 
 
 def _masked_weights(mlp: nn.Module, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -69,7 +78,11 @@ class WTIHead(nn.Module):
 
 
 class MeanPoolHead(nn.Module):
-    """Cosine of the sentence feature and the mask-weighted mean of the frame features."""
+    """Cosine of the sentence feature and the masked mean of the L2-normalised frame features.
+
+    CLIP4Clip's meanP order: every frame is normalised first, then the valid frames are averaged (the
+    mean is normalised again by the cosine), so a frame with a large norm does not dominate the video.
+    """
 
     def __init__(self, width: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
         super().__init__()
@@ -83,9 +96,10 @@ class MeanPoolHead(nn.Module):
         video_frames: torch.Tensor,
         video_mask: torch.Tensor,
     ) -> torch.Tensor:
-        """Similarity (Bt, Bv) = cos(c_a, mean_f valid F_bf); text tokens are unused by this head."""
+        """Similarity (Bt, Bv) = cos(c_a, mean_f valid F_bf / |F_bf|); text tokens are unused by this head."""
         video_mask = video_mask.to(video_frames.dtype).unsqueeze(-1)  # (Bv, T, 1)
-        pooled = (video_frames * video_mask).sum(dim=1) / video_mask.sum(dim=1).clamp(min=1.0)  # (Bv, D)
+        unit_frames = F.normalize(video_frames, dim=-1)  # (Bv, T, D)
+        pooled = (unit_frames * video_mask).sum(dim=1) / video_mask.sum(dim=1).clamp(min=1.0)  # (Bv, D)
         return F.normalize(sentence, dim=-1) @ F.normalize(pooled, dim=-1).T  # (Bt, Bv)
 
 

@@ -33,6 +33,8 @@ def extract_features(trained: str, evaluated: str, params: Params, paths: Paths)
     out_dir = paths.features(trained, evaluated)
     counts = {}
     for split in splits_to_extract(trained, evaluated):
+        if split == "val" and not paths.annotations(evaluated, split).is_file():
+            continue  # paper mode (eval.selection: test) carves no val split
         annotations = load_annotations(paths.annotations(evaluated, split))
         ids, mask = tokenize(tokenizer, annotations.captions, bench.max_words)  # (C, L)
         writer = SplitFeatureWriter(out_dir, split, len(ids), params.data.features_dtype)

@@ -10,6 +10,10 @@ cannot be decoded are listed in `failures.json`; they stop the stage after every
 unless `data.allow_missing` is true, in which case they are dropped too. Whenever something is dropped, the
 counts are written to `<frames>/data_report.json` and logged to MLflow (run `preprocess` of the benchmark's
 experiment).
+
+Paper mode (`eval.selection: test`, the official protocol: checkpoints are chosen on the test split) carves
+no validation split out of train: a benchmark whose `splits.val` is "" (MSRVTT, ActivityNet) then trains on
+its whole training split (MSRVTT-9k: all 9,000 videos) and has no val split.
 """
 
 from __future__ import annotations
@@ -51,8 +55,13 @@ def clip_spans(splits: dict[str, SplitAnnotations], settings: BenchmarkParams) -
     return {v: span for a in splits.values() for v, span in a.spans.items()}
 
 
+def carved_validation_videos(settings: BenchmarkParams, selection: str) -> int:
+    """Training videos carved off as the val split: none in paper mode (selection on test), else the benchmark's."""
+    return settings.val_videos_from_train if selection == "val" else 0
+
+
 def preprocess_benchmark(name: str, settings: BenchmarkParams, preprocess: PreprocessParams, paths: Paths,
-                         *, progress: bool = True) -> dict:
+                         *, progress: bool = True, selection: str = "val") -> dict:
     """Validate, decode and write annotations/<split>.json + the frame cache; returns a summary.
 
     Reads the manifest of the download stage when it exists, else walks the raw folder. `paths.data.allow_missing`
@@ -67,9 +76,9 @@ def preprocess_benchmark(name: str, settings: BenchmarkParams, preprocess: Prepr
     allow_missing = paths.data.allow_missing
     extensions = SOURCES[settings.source].videos.extensions if settings.source in SOURCES else None
     check = check_benchmark(raw_dir, benchmark=name, reader=settings.reader, splits=settings.splits,
-                            val_videos_from_train=settings.val_videos_from_train, index=index,
+                            val_videos_from_train=carved_validation_videos(settings, selection), index=index,
                             id_prefix=id_prefix_of(settings), **({"extensions": extensions} if extensions else {}))
-    for stale in (out_dir / MISSING_FILE, out_dir / REPORT_FILE):
+    for stale in (out_dir / MISSING_FILE, out_dir / REPORT_FILE, paths.annotations(name, "val")):
         stale.unlink(missing_ok=True)
     splits = enforce_complete(check, allow_missing=allow_missing, missing_file=out_dir / MISSING_FILE,
                               where=str(raw_dir))
@@ -128,7 +137,8 @@ def log_dropped_videos(name: str, report: dict, params: Params, repo_root: Path,
 
 def run_preprocess(name: str, params: Params, paths: Paths, repo_root: Path, *, progress: bool = True) -> dict:
     """The stage: `preprocess_benchmark`, then the MLflow record when videos were skipped."""
-    summary = preprocess_benchmark(name, params.benchmark(name), params.preprocess, paths, progress=progress)
+    summary = preprocess_benchmark(name, params.benchmark(name), params.preprocess, paths, progress=progress,
+                                   selection=params.eval.selection)
     if summary["missing_videos"] or summary["undecodable_videos"]:
         out_dir = paths.frames(name)
         summary["mlflow_run"] = log_dropped_videos(

@@ -118,10 +118,21 @@ def make_optimizer(settings, model: torch.nn.Module, clip_module: torch.nn.Modul
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
-def loop_settings(settings: StageTrainParams) -> LoopSettings:
+def validation_steps(settings: StageTrainParams, batches_per_epoch: int) -> frozenset[int]:
+    """Steps validated besides every `val_every`-th and the last: step 1 and the epoch ends when asked
+    (the official cadence: every 150 steps, step 1 and the end of every epoch)."""
+    steps: set[int] = {1} if settings.val_first_step else set()
+    if settings.val_epoch_ends:
+        steps.update(range(batches_per_epoch, settings.steps + 1, batches_per_epoch))
+    return frozenset(steps)
+
+
+def loop_settings(settings: StageTrainParams, batches_per_epoch: int) -> LoopSettings:
+    """The loop's settings from a stage's RESOLVED settings (steps and warmup_steps set, `resolve_schedule`)."""
     return LoopSettings(total_steps=settings.steps, log_every=settings.log_every, val_every=settings.val_every,
                         grad_clip=settings.grad_clip, checkpoint_every=settings.checkpoint_every,
-                        ema_decay=settings.ema_decay, keep_checkpoints=settings.keep_checkpoints)
+                        ema_decay=settings.ema_decay, keep_checkpoints=settings.keep_checkpoints,
+                        extra_val_steps=validation_steps(settings, batches_per_epoch))
 
 
 def partition(accelerator, settings: StageTrainParams, section: str) -> Partition:

@@ -13,7 +13,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from diffusionret import tracking
-from diffusionret.config import Params, flatten
+from diffusionret.config import Params, batches_per_epoch, flatten, resolve_schedule
 from diffusionret.data.batches import StepBatchSampler
 from diffusionret.data.datasets import CaptionVideoDataset
 from diffusionret.data.frames import FrameCache, load_frame_cache
@@ -22,7 +22,7 @@ from diffusionret.evaluation.metrics import recall_metrics
 from diffusionret.evaluation.scoring import score_queries
 from diffusionret.features.encode import encode_captions, encode_videos, split_rows
 from diffusionret.method.objectives import ContrastiveObjective
-from diffusionret.model.backbone import NAMED_CLIP_CONFIGS
+from diffusionret.model.backbone import NAMED_CLIP_CONFIGS, resolve_backbone
 from diffusionret.model.checkpoint import save_extractor
 from diffusionret.model.extractor import FeatureExtractor, build_feature_extractor
 from diffusionret.model.tokenizer import load_tokenizer, tokenize, train_bpe_tokenizer
@@ -38,7 +38,7 @@ def prepare_tokenizer(backbone: str, vocab_size: int, train_captions, out_dir: P
         if backbone in NAMED_CLIP_CONFIGS:
             train_bpe_tokenizer(train_captions, out_dir, vocab_size)
         else:
-            load_tokenizer(backbone).save_pretrained(str(out_dir))
+            load_tokenizer(resolve_backbone(backbone)).save_pretrained(str(out_dir))
     accelerator.wait_for_everyone()
     return load_tokenizer(out_dir)
 
@@ -60,6 +60,8 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
     split = partition(accelerator, settings, "train")
     out_dir, plots_dir = paths.disc_model(name), paths.plots(name)
     train_ann = load_annotations(paths.annotations(name, "train"))
+    settings = resolve_schedule(settings, train_ann.num_captions, "train")  # epochs -> steps
+    per_epoch = batches_per_epoch(train_ann.num_captions, settings.global_batch, "train")
     selection = params.eval.selection  # "val" (held out); "test" reproduces the official protocol, tagged as such
     val_ann = load_annotations(paths.annotations(name, selection))
     cache = load_frame_cache(paths.frames(name))
@@ -73,10 +75,13 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
     val_ids, val_mask = tokenize(tokenizer, val_ann.captions, bench.max_words)
 
     seed_everything(settings.seed)  # identical initial weights on every process
+    # a from-scratch architecture takes the vocabulary of the BPE trained here; a checkpoint keeps its own
+    vocabulary = (dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+                  if params.model.backbone in NAMED_CLIP_CONFIGS else {})
     extractor = build_feature_extractor(
         params.model.backbone, temporal=params.model.temporal, temporal_layers=params.model.temporal_layers,
-        head=params.model.head, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        head=params.model.head, **vocabulary,
     ).to(accelerator.device)
     seed_everything(settings.seed * accelerator.num_processes + accelerator.process_index)
     optimizer, scheduler = make_optimizer(settings, extractor, extractor.backbone.clip)
@@ -100,7 +105,8 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
                              "world_size": accelerator.num_processes, "global_batch": settings.global_batch,
                              "per_device_batch": settings.global_batch // accelerator.num_processes,
                              "micro_batches": split.micro_batches, "precision": settings.precision,
-                             "selection": selection,
+                             "selection": selection, "steps": settings.steps, "steps_per_epoch": per_epoch,
+                             "train_videos": train_ann.num_videos, "train_pairs": train_ann.num_captions,
                              "git_commit": tracking.git_commit(repo_root)},
                        state=state, curve="loss/contrastive")
     with logger:
@@ -108,7 +114,7 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
         result = run_training(
             accelerator=accelerator, objective=ContrastiveObjective(extractor, split), trainable=extractor,
             optimizer=optimizer, scheduler=scheduler, batches=batches, validate=validate,
-            settings=loop_settings(settings), state=state, log_metrics=logger.log_metrics,
+            settings=loop_settings(settings, per_epoch), state=state, log_metrics=logger.log_metrics,
             after_step=extractor.clamp_logit_scale_, extra_state=logger.extra_state,
         )
         if accelerator.is_main_process:
@@ -120,7 +126,8 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
                          "image_size": params.preprocess.image_size},
                 "selected": {"source": result.best_source, "step": result.best_step,
                              "val_t2v_R1": result.best_value, "split": selection},
-                "steps": settings.steps,
+                "steps": settings.steps, "epochs": settings.epochs,
+                "train": {"videos": train_ann.num_videos, "pairs": train_ann.num_captions},
             }
             save_extractor(extractor, out_dir, metadata, state=result.best_state)
             logger.finish(out_dir / "mlflow_run.json", summary={

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from diffusionret import tracking
-from diffusionret.config import Params, flatten
+from diffusionret.config import Params, batches_per_epoch, flatten, resolve_schedule
 from diffusionret.data.batches import global_batch_indices, local_slice
 from diffusionret.evaluation.metrics import recall_metrics
 from diffusionret.evaluation.scoring import RerankSettings, score_queries
@@ -62,6 +62,9 @@ def train_gen(name: str, params: Params, paths: Paths, repo_root: Path) -> dict:
     extractor.requires_grad_(False)
     extractor.to(accelerator.device)
     keys = video_keys(train_features.annotations)
+    num_items = train_features.annotations.num_captions
+    settings = resolve_schedule(settings, num_items, "train_gen")  # epochs -> steps
+    per_epoch = batches_per_epoch(num_items, settings.global_batch, "train_gen")
     width = int(train_features.text.sentence.shape[-1])
 
     seed_everything(params.train.seed)
@@ -71,7 +74,6 @@ def train_gen(name: str, params: Params, paths: Paths, repo_root: Path) -> dict:
     noise = torch.Generator().manual_seed(params.train.seed)  # the same draws on every process
     objective = GenerationObjective(generator, diffusion, extractor, settings, noise, split)
     optimizer, scheduler = make_optimizer(settings, generator, None)
-    num_items = train_features.annotations.num_captions
 
     def batches(start_step: int):
         for step in range(start_step, settings.steps):
@@ -101,14 +103,14 @@ def train_gen(name: str, params: Params, paths: Paths, repo_root: Path) -> dict:
                              "world_size": accelerator.num_processes, "global_batch": settings.global_batch,
                              "per_device_batch": settings.global_batch // accelerator.num_processes,
                              "micro_batches": split.micro_batches, "diffusion_steps": params.diffusion.steps,
-                             "selection": params.eval.selection,
-                             "git_commit": tracking.git_commit(repo_root)},
+                             "selection": params.eval.selection, "steps": settings.steps,
+                             "steps_per_epoch": per_epoch, "git_commit": tracking.git_commit(repo_root)},
                        state=state, curve="loss/generative", parent_run_id=parent)
     with logger:
         logger.log_params(flatten(params))
         result = run_training(
             accelerator=accelerator, objective=objective, trainable=generator, optimizer=optimizer,
-            scheduler=scheduler, batches=batches, validate=validate, settings=loop_settings(settings),
+            scheduler=scheduler, batches=batches, validate=validate, settings=loop_settings(settings, per_epoch),
             state=state, log_metrics=logger.log_metrics, on_resume=restore_noise,
             extra_state=lambda: {**logger.extra_state(), "noise_rng": noise.get_state().tolist()},
         )

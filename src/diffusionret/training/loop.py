@@ -41,6 +41,7 @@ class LoopSettings:
     checkpoint_every: int
     ema_decay: float
     keep_checkpoints: int = 1
+    extra_val_steps: frozenset[int] = frozenset()  # validation also after these steps (step 1, epoch ends)
 
 
 @dataclass
@@ -383,7 +384,8 @@ def run_training(*, accelerator, objective: torch.nn.Module, trainable: torch.nn
                 log_metrics(row, progress.step)
                 _append_log(state.log_csv, {"step": progress.step, **row})
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in reduced.items()})
-        if progress.step % settings.val_every == 0 or progress.step == settings.total_steps:
+        if (progress.step % settings.val_every == 0 or progress.step == settings.total_steps
+                or progress.step in settings.extra_val_steps):
             validate_both(progress.step)
         if progress.step % settings.checkpoint_every == 0 or progress.step == settings.total_steps:
             progress.extra.update(extra_state())
