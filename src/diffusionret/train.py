@@ -160,6 +160,55 @@ def _truncate_log(path: Path, last_step: int) -> None:
         _append_log(path, row)
 
 
+class WindowMean:
+    """Running sums of the scalars of every step since the last log row: a logged loss is the mean over its
+    logging window (every step counts), not the value of the window's last batch.
+
+    The sums live on the scalars' device (no host sync per step) and are saved with the resumable state, so a
+    run resumed mid-window logs what an uninterrupted run would.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+
+    def add(self, scalars: dict[str, torch.Tensor]) -> None:
+        for name, value in scalars.items():
+            value = value.detach().float()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
+        self.steps += 1
+
+    def means(self) -> dict[str, torch.Tensor]:
+        """Mean of each scalar over the window; starts a new window."""
+        out = {name: total / self.steps for name, total in self.sums.items()}
+        self.sums, self.steps = {}, 0
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": {name: float(total) for name, total in self.sums.items()}, "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any], device) -> None:
+        self.sums = {name: torch.tensor(value, device=device) for name, value in state.get("sums", {}).items()}
+        self.steps = int(state.get("steps", 0))
+
+
+def learning_rates(param_groups: list[dict]) -> dict[str, float]:
+    """One curve per distinct learning rate: `lr` when every group with parameters shares one (the usual case),
+    else `lr/<group>` per distinct initial lr (e.g. `lr/clip`, `lr/other` with train.coef_lr != 1). The
+    decay / no-decay halves of a group always share their lr and are one curve."""
+    by_initial: dict[float, tuple[list[str], float]] = {}
+    for group in param_groups:
+        if not group["params"]:
+            continue
+        name = str(group.get("name", "group")).removesuffix("_no_decay").removesuffix("_decay")
+        names, _ = by_initial.setdefault(group.get("initial_lr", group["lr"]), ([], group["lr"]))
+        if name not in names:
+            names.append(name)
+    if len(by_initial) == 1:
+        return {"lr": next(iter(by_initial.values()))[1]}
+    return {f"lr/{'_'.join(names)}": lr for names, lr in by_initial.values()}
+
+
 def average_gradients(parameters: list[torch.nn.Parameter], world_size: int) -> None:
     """Average .grad over processes with one flat all-reduce (a no-op for a single process)."""
     if world_size == 1:
@@ -182,14 +231,16 @@ def run_training(*, accelerator, objective: torch.nn.Module, trainable: torch.nn
                  log_metrics: Callable[[dict[str, float], int], None], after_step: Callable[[], None] = lambda: None,
                  on_resume: Callable[[Progress], None] = lambda p: None,
                  extra_state: Callable[[], dict[str, Any]] = dict,
-                 fingerprint: dict[str, Any] | None = None) -> LoopResult:
+                 fingerprint: dict[str, Any] | None = None, validation_metric: str = "metric") -> LoopResult:
     """Train `trainable` (inside `objective`) for settings.total_steps, resuming from `state` if present.
 
     batches(start_step) yields this process's batches from start_step on; objective.backward_step(batch)
-    runs forward + backward and returns scalars to log; validate(module) returns the selection metric
-    (higher is better) of a module with the same structure as `trainable`.
+    runs forward + backward and returns scalars to log (each logged as its mean over the log_every steps of a
+    window); validate(module) returns the selection metric (higher is better) of a module with the same
+    structure as `trainable`, logged as `val/<validation_metric>_raw` and `val/<validation_metric>_ema`.
     """
     progress = Progress()
+    window = WindowMean()
     fingerprint = fingerprint or {}
     check_resumable(state, fingerprint)
     ema = ModelEMA(trainable, decay=settings.ema_decay)
@@ -198,6 +249,7 @@ def run_training(*, accelerator, objective: torch.nn.Module, trainable: torch.nn
     state.directory.mkdir(parents=True, exist_ok=True)
     if state.exists():
         state.load(accelerator, progress)
+        window.load_state_dict(progress.extra.get("log_window", {}), accelerator.device)
         on_resume(progress)
         if accelerator.is_main_process:
             _truncate_log(state.log_csv, progress.step)
@@ -209,7 +261,7 @@ def run_training(*, accelerator, objective: torch.nn.Module, trainable: torch.nn
     def consider(module: torch.nn.Module, source: str, step: int) -> None:
         value = validate(module)
         if accelerator.is_main_process:
-            log_metrics({f"val/{source}": value}, step)
+            log_metrics({f"val/{validation_metric}_{source}": value}, step)
         if value > progress.best_value:
             progress.best_value, progress.best_source, progress.best_step = value, source, step
             if accelerator.is_main_process:
@@ -239,19 +291,18 @@ def run_training(*, accelerator, objective: torch.nn.Module, trainable: torch.nn
         optimizer.zero_grad(set_to_none=True)
         after_step()
         ema.update(trainable)
+        window.add(scalars)
         progress.step += 1
         window_steps += 1
         bar.update(1)
 
         if progress.step % settings.log_every == 0 or progress.step == settings.total_steps:
-            reduced = {name: accelerator.reduce(value.detach().float().to(accelerator.device), reduction="mean").item()
-                       for name, value in scalars.items()}
+            reduced = {name: accelerator.reduce(value.to(accelerator.device), reduction="mean").item()
+                       for name, value in window.means().items()}  # window mean, averaged over processes
             now = time.perf_counter()
             steps_per_second = window_steps / max(now - window_start, 1e-9)
             window_start, window_steps = now, 0
-            row = dict(reduced)
-            for group in optimizer.param_groups:
-                row[f"lr/{group.get('name', 'group')}"] = group["lr"]
+            row = {**reduced, **learning_rates(optimizer.param_groups)}
             row["perf/steps_per_second"] = steps_per_second
             if accelerator.is_main_process:
                 log_metrics(row, progress.step)
@@ -262,6 +313,7 @@ def run_training(*, accelerator, objective: torch.nn.Module, trainable: torch.nn
         if progress.step % settings.checkpoint_every == 0 or progress.step == settings.total_steps:
             progress.extra.update(extra_state())
             progress.extra["fingerprint"] = fingerprint
+            progress.extra["log_window"] = window.state_dict()
             state.save(accelerator, progress, settings.keep_checkpoints)
     bar.close()
     if progress.best_step < 0:  # a resumed run that had already finished

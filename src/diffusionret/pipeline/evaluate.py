@@ -422,6 +422,7 @@ def evaluate_cell(trained: str, evaluated: str, params: Params, paths: Paths, re
                                                         if key.startswith("ood_detect/") and key.count("/") == 2})},
     }
     tracking.configure(params.tracking.tracking_uri, params.tracking.artifact_root, repo_root)
+    description["mlflow_parent"] = nest_under = tracking.evaluation_parent(parent)  # own group if evaluation-only
     for postprocess in POSTPROCESSES:
         tags = {"stage": "evaluate", "train_benchmark": trained, "eval_benchmark": evaluated,
                 "ood": str(ood).lower(), "postprocess": postprocess,
@@ -430,7 +431,7 @@ def evaluate_cell(trained: str, evaluated: str, params: Params, paths: Paths, re
                 else "checkpoints selected on val", "num_samples": settings.num_samples,
                 "faithful_msvd_grouping": str(settings.faithful_msvd_grouping).lower(), "split": "test",
                 "dvc_stage": f"evaluate@{trained}-{evaluated}", "git_commit": tracking.git_commit(repo_root)}
-        with tracking.start_run(experiment=parent["experiment"], tags=tags, parent_run_id=parent["run_id"],
+        with tracking.start_run(experiment=parent["experiment"], tags=tags, parent_run_id=nest_under,
                                 run_name=f"eval {trained} -> {evaluated} [{postprocess}]"):
             tracking.log_params({**{f"eval.{key}": value for key, value in flatten(settings).items()
                                     if key in EVAL_KEYS},

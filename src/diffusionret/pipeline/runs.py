@@ -59,7 +59,8 @@ class RunLogger:
                                       self.repo_root)
         previous = self._previous_run_id()
         self._context = tracking.start_run(experiment=self.experiment, run_name=self.run_name, tags=self.tags,
-                                           parent_run_id=self.parent_run_id, resume_run_id=previous)
+                                           parent_run_id=self.parent_run_id, resume_run_id=previous,
+                                           log_system_metrics=True)
         self._context.__enter__()
         self.run_id = tracking.active_run_id()
         if previous:
@@ -90,6 +91,13 @@ class RunLogger:
         tracking.log_metrics(summary)
         tracking.set_tags(tags)
         tracking.write_run_reference(run_reference, self.run_id, self.experiment, self.uri)
+
+
+def stage_params(params: Params, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The flattened params under `keys` (sections or single values, e.g. `train`, `eval.rerank_k`): what a
+    stage reads, so a run's params show its own settings and not, say, every benchmark's."""
+    flat = flatten(params)
+    return {key: value for key, value in flat.items() if any(key == k or key.startswith(f"{k}.") for k in keys)}
 
 
 def make_optimizer(settings, model: torch.nn.Module, clip_module: torch.nn.Module | None):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from diffusionret import tracking
-from diffusionret.config import Params, flatten
+from diffusionret.config import Params
 from diffusionret.data.batches import global_batch_indices, local_slice
 from diffusionret.diffusion import GaussianDiffusion, create_diffusion
 from diffusionret.features import SplitFeatures, load_split_features, video_keys
@@ -25,7 +25,7 @@ from diffusionret.model.extractor import FeatureExtractor
 from diffusionret.objectives import GenerationObjective
 from diffusionret.pipeline.paths import Paths
 from diffusionret.pipeline.runs import (RunLogger, fingerprint, loop_settings, make_accelerator, make_optimizer,
-                                        partition, seed_everything)
+                                        partition, seed_everything, stage_params)
 from diffusionret.pipeline.train_disc import NOT_AFFECTING_WEIGHTS
 from diffusionret.rerank import rerank_t2v
 from diffusionret.train import Progress, TrainingState, run_training
@@ -105,7 +105,9 @@ def train_gen(name: str, params: Params, paths: Paths, repo_root: Path) -> dict:
     rerank_settings = {key: getattr(params.eval, key)
                        for key in ("rerank_k", "rerank_temperature", "rerank_alpha", "seed", "selection")}
     with logger:
-        logger.log_params(flatten(params))
+        logger.log_params(stage_params(params, ("train.seed", "train.precision", "train_gen", "diffusion",
+                                                "eval.rerank_k", "eval.rerank_temperature", "eval.rerank_alpha",
+                                                "eval.seed", "eval.chunk_size", "eval.selection")))
         result = run_training(
             accelerator=accelerator, objective=objective, trainable=generator, optimizer=optimizer,
             scheduler=scheduler, batches=batches, validate=validate, settings=loop_settings(settings),
@@ -113,6 +115,7 @@ def train_gen(name: str, params: Params, paths: Paths, repo_root: Path) -> dict:
             extra_state=lambda: {**logger.extra_state(), "noise_rng": noise.get_state().tolist()},
             fingerprint=fingerprint(settings, params.diffusion, rerank_settings, {"seed": params.train.seed},
                                     exclude=NOT_AFFECTING_WEIGHTS),
+            validation_metric="t2v_rerank_R1",
         )
         if accelerator.is_main_process:
             out_dir = paths.gen_model(name)
