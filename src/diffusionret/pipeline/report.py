@@ -62,8 +62,9 @@ def ood_figures(result: CellResult, paths: Paths, figures_dir: Path) -> list[Pat
         prefix = OOD_DETECT[direction][0]
         auroc = {name: result.metrics.get(f"{prefix}/{name}/auroc") for name in scores}
         key = f"{result.trained}__{result.evaluated}"
+        top_k = min(int(result.info["rerank"]["k"]), int(result.info["num_videos"]))  # what the generator re-ranks
         found.append(ood_histogram_figure(scores, f"{result.trained} → {result.evaluated}: {direction} queries",
-                                          figures_dir / f"{key}_ood_{direction}.png", auroc))
+                                          figures_dir / f"{key}_ood_{direction}.png", auroc, num_candidates=top_k))
     return found
 
 
