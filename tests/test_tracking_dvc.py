@@ -76,3 +76,12 @@ def test_an_evaluation_only_experiment_gets_one_named_group(store, tmp_path, mon
     tracking.log_artifacts_to_run(other, [tmp_path / "mlflow_run.json"], artifact_path="report")
     assert [item.path for item in store.list_artifacts(group, "report")] == []  # nothing lands on the first group
     assert [item.path for item in store.list_artifacts(reference["run_id"], "report")] == []
+
+
+def test_experiments_open_on_the_run_table(store, tmp_path):
+    start_and_reference(tmp_path, "synthetic/disc")
+    experiment = store.get_experiment_by_name("diffusionret/test")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not the GenAI traces tab
+    url = tracking.run_table_url("http://127.0.0.1:5000/", "diffusionret/test")
+    assert url == f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+    assert tracking.run_table_url("http://h:1", "diffusionret/never") == "http://h:1/#/experiments?workflowType=machine_learning"

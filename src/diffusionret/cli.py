@@ -5,6 +5,7 @@
     diffusionret index --videos DIR --model models/<benchmark> --out INDEX_DIR    (search your own videos)
     diffusionret search --index INDEX_DIR "query text" [--top 10] [--rerank/--no-rerank] [--json]
     diffusionret serve --index INDEX_DIR [--port 8765]
+    diffusionret mlflow-url [--base http://127.0.0.1:5000]   (the run table of the first trained benchmark)
 """
 
 from __future__ import annotations
@@ -138,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--params", type=Path, default=Path("params.yaml"))
     check.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     check.add_argument("--json", action="store_true")
+    url = commands.add_parser("mlflow-url", help="print the address of the MLflow run table of the first "
+                                                 "trained benchmark (classic, model-training view)")
+    url.add_argument("--base", default="http://127.0.0.1:5000", help="where `mlflow ui` / `mlflow server` listens")
+    url.add_argument("--params", type=Path, default=Path("params.yaml"))
     from diffusionret.search import commands as search_commands  # parsers only; heavy imports on use
 
     search_commands.add_commands(commands)
@@ -153,6 +158,14 @@ def main(argv: list[str] | None = None) -> int:
                                 args.params)
             print(json.dumps(result, indent=2)) if args.json else _print_check(result)
             return 0 if result["complete"] else 1
+        elif args.command == "mlflow-url":
+            from diffusionret import tracking
+
+            params = load_with_overrides(args.params, [])
+            tracking.configure(params.tracking.tracking_uri, params.tracking.artifact_root,
+                               args.params.resolve().parent)
+            experiment = f"{params.tracking.experiment_prefix}/{params.train.benchmarks[0]}"
+            print(tracking.run_table_url(args.base, experiment))
     except (ConfigError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -45,17 +45,37 @@ def configure(tracking_uri: str, artifact_root: str, repo_root: Path) -> str:
     return uri
 
 
+# MLflow 3's UI opens an experiment on its GenAI traces tab unless the experiment says it holds model training.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(name: str) -> str:
-    """The id of experiment `name`, created with an artifact location under the repository."""
+    """The id of experiment `name`, created with an artifact location under the repository (and marked as
+    model training, so MLflow's UI opens it on its run table)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     existing = client.get_experiment_by_name(name)
     if existing is not None:
+        if "mlflow.experimentKind" not in existing.tags:
+            for key, value in EXPERIMENT_KIND.items():
+                client.set_experiment_tag(existing.experiment_id, key, value)
         return existing.experiment_id
     root = Path(os.environ.get("_DIFFUSIONRET_ARTIFACT_ROOT", "mlruns"))
     safe = re.sub(r"[^\w.-]+", "_", name)
-    return client.create_experiment(name, artifact_location=(root / safe).resolve().as_uri())
+    return client.create_experiment(name, artifact_location=(root / safe).resolve().as_uri(), tags=EXPERIMENT_KIND)
+
+
+def run_table_url(base_url: str, experiment: str) -> str:
+    """The address of `experiment`'s run table in MLflow's classic (model training) view; the home page with
+    the same view when the experiment does not exist yet (nothing was trained)."""
+    from mlflow.tracking import MlflowClient
+
+    found = MlflowClient().get_experiment_by_name(experiment)
+    base = base_url.rstrip("/")
+    if found is None:
+        return f"{base}/#/experiments?workflowType=machine_learning"
+    return f"{base}/#/experiments/{found.experiment_id}/runs?workflowType=machine_learning"
 
 
 def git_commit(repo_root: Path) -> str:
