@@ -61,6 +61,10 @@ def experiment_id(name: str) -> str:
             for key, value in EXPERIMENT_KIND.items():
                 client.set_experiment_tag(existing.experiment_id, key, value)
         return existing.experiment_id
+    if not os.environ.get("MLFLOW_TRACKING_URI", "").startswith(("sqlite:", "file:", "/")):
+        # a tracking server (`mlflow server`) stores artifacts where it was told to: a folder on this machine
+        # would be unreadable for the rest of the team
+        return client.create_experiment(name, tags=EXPERIMENT_KIND)
     root = Path(os.environ.get("_DIFFUSIONRET_ARTIFACT_ROOT", "mlruns"))
     safe = re.sub(r"[^\w.-]+", "_", name)
     return client.create_experiment(name, artifact_location=(root / safe).resolve().as_uri(), tags=EXPERIMENT_KIND)
