@@ -60,7 +60,7 @@ def test_evaluation_in_the_training_experiment_nests_under_stage_1(store, tmp_pa
     assert tracking.evaluation_parent(reference) == reference["run_id"]
 
 
-def test_an_evaluation_only_experiment_gets_one_named_group(store, tmp_path, monkeypatch):
+def test_an_experiment_reusing_a_stage_1_model_gets_one_named_group(store, tmp_path, monkeypatch):
     reference = start_and_reference(tmp_path, "synthetic/disc")  # trained by plain `dvc repro`
     monkeypatch.setenv("DVC_EXP_NAME", "eval-k16")
     group = tracking.evaluation_parent(reference)
@@ -69,7 +69,7 @@ def test_an_evaluation_only_experiment_gets_one_named_group(store, tmp_path, mon
     found = store.get_run(group)
     assert found.data.tags["mlflow.parentRunId"] == reference["run_id"]
     assert found.data.tags["dvc_experiment"] == "eval-k16" and found.data.tags["model_trained_by"] == "workspace"
-    assert found.info.run_name == "eval-k16 · evaluation of synthetic/disc"
+    assert found.info.run_name == "eval-k16 · re-uses synthetic/disc"
     monkeypatch.setenv("DVC_EXP_NAME", "eval-k8")
     other = tracking.evaluation_parent(reference)
     assert other not in (group, reference["run_id"])  # another experiment, another group

@@ -8,9 +8,9 @@ works across processes). Metric names follow the project's scheme: `loss/contras
 
 DVC experiments: during `dvc exp run`, DVC sets DVC_EXP_NAME (and DVC_EXP_BASELINE_REV); every run is tagged
 `dvc_experiment` (and `dvc_baseline_rev`) and its name leads with the experiment's name. An experiment that
-re-runs only the evaluation of a model trained elsewhere (another experiment, or the workspace) gets its own
-group run under that model's stage-1 run (`evaluation_parent`), so its runs and its report never mix with
-the other experiment's.
+re-uses a stage-1 model trained elsewhere (another experiment, or the workspace) gets its own group run under
+that model's stage-1 run (`evaluation_parent`) for its stage-2 and evaluation runs and its report, so they never
+mix with the other experiment's.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def git_commit(repo_root: Path) -> str:
 
 
 DVC_EXPERIMENT_TAG = "dvc_experiment"
-GROUP_TAG = "evaluation_group"  # "true" on the group run of an evaluation-only DVC experiment
+GROUP_TAG = "dvc_experiment_group"  # "true" on the group run of a DVC experiment that re-uses a stage-1 model
 
 
 def dvc_experiment() -> str | None:
@@ -138,11 +138,12 @@ def start_run(*, experiment: str, run_name: str, tags: dict[str, Any], parent_ru
 
 
 def evaluation_parent(reference: dict) -> str:
-    """The run that evaluation runs (and the report) of the model in `reference` nest under.
+    """The run that stage-2, evaluation runs and the report of the model in `reference` nest under.
 
     `reference` is the stage-1 run reference (models/<A>/disc/mlflow_run.json). When the running DVC experiment
-    trained that model, it is the stage-1 run itself. Otherwise (an evaluation-only experiment re-using a model
-    trained by another experiment or in the workspace) it is a group run of this experiment under the stage-1
+    trained that model, it is the stage-1 run itself. Otherwise (an experiment that changed only stage-2 or
+    evaluation settings, re-using a model trained by another experiment or in the workspace) it is a group run
+    of this experiment under the stage-1
     run, created once and found again by its tags, so that every cell of the experiment shares it and the
     stage-1 run's own children and artifacts stay untouched.
     """
@@ -161,9 +162,9 @@ def evaluation_parent(reference: dict) -> str:
         return found[0].info.run_id
     trained_by = reference.get(DVC_EXPERIMENT_TAG) or "workspace"
     group = client.create_run(
-        stage1.info.experiment_id, run_name=f"{label} · evaluation of {stage1.info.run_name}",
+        stage1.info.experiment_id, run_name=f"{label} · re-uses {stage1.info.run_name}",
         tags={"mlflow.parentRunId": reference["run_id"], GROUP_TAG: "true", DVC_EXPERIMENT_TAG: label,
-              "stage": "evaluation_group", "model_trained_by": trained_by,
+              "stage": "experiment_group", "model_trained_by": trained_by,
               **({"dvc_baseline_rev": os.environ["DVC_EXP_BASELINE_REV"]}
                  if os.environ.get("DVC_EXP_BASELINE_REV") else {})})
     client.set_terminated(group.info.run_id)

@@ -93,7 +93,7 @@ def train_gen(name: str, params: Params, paths: Paths, repo_root: Path) -> dict:
             noise.set_state(torch.tensor(progress.extra["noise_rng"], dtype=torch.uint8))
 
     state = TrainingState(paths.partial("train_gen", name))
-    parent = tracking.read_run_reference(paths.disc_model(name) / "mlflow_run.json")["run_id"]
+    parent = tracking.read_run_reference(paths.disc_model(name) / "mlflow_run.json")
     logger = RunLogger(accelerator, params, repo_root, experiment=name, run_name=f"{name}/gen",
                        tags={"stage": "gen", "benchmark": name, "seed": params.train.seed,
                              "world_size": accelerator.num_processes, "global_batch": settings.global_batch,
@@ -101,7 +101,7 @@ def train_gen(name: str, params: Params, paths: Paths, repo_root: Path) -> dict:
                              "micro_batches": split.micro_batches, "diffusion_steps": params.diffusion.steps,
                              "selection": params.eval.selection,
                              "git_commit": tracking.git_commit(repo_root)},
-                       state=state, curve="loss/generative", parent_run_id=parent)
+                       state=state, curve="loss/generative", parent_reference=parent)
     rerank_settings = {key: getattr(params.eval, key)
                        for key in ("rerank_k", "rerank_temperature", "rerank_alpha", "seed", "selection")}
     with logger:
