@@ -117,8 +117,11 @@ def recall_figure(curves: dict[str, np.ndarray], title: str, path: Path) -> Path
         delta.axhline(0.0, color="tab:blue", linewidth=1, label="stage 1")
         axis.set(xscale="log", xlabel="K", ylabel="R@K (%)", title=f"{title}: {direction}", ylim=(0, 100.5))
         delta.set(xscale="log", xlabel="K (candidates retrieved)", ylabel="ΔR@K vs stage 1 (points)")
+        ticks = [t for t in (d * 10 ** e for e in range(7) for d in (1, 2, 5)) if t < 0.75 * len(ks)] + [len(ks)]
         for each in (axis, delta):
             each.grid(alpha=0.3, which="both")
+            each.set_xticks(ticks, [str(t) for t in ticks])
+            each.minorticks_off()
             _finish(each)
     grid[0, -1].legend(fontsize=8, loc="lower right")
     grid[1, -1].text(0.01, 0.02, "bands: ± std over DDIM draws", transform=grid[1, -1].transAxes, fontsize=8,
@@ -174,6 +177,7 @@ def ood_histogram_figure(scores: dict[str, dict[str, np.ndarray]], title: str, p
     rows = -(-len(names) // columns)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(3.6 * columns, 3.0 * rows), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
@@ -195,6 +199,7 @@ def ood_histogram_figure(scores: dict[str, dict[str, np.ndarray]], title: str, p
         auroc = None if metrics is None else metrics.get(name)
         axis.set_title(name if auroc is None else f"{name} (AUROC {auroc:.2f})", fontsize=10)
         axis.set(xlabel=f"{name} score", ylabel="density")
+        axis.xaxis.set_major_locator(MaxNLocator(nbins=4))  # plain labels of small ranges are long: fewer ticks
         _finish(axis)
     for axis in axes[len(names):]:
         axis.set_axis_off()
