@@ -45,13 +45,14 @@ def configure(tracking_uri: str, artifact_root: str, repo_root: Path) -> str:
     return uri
 
 
-# MLflow 3's UI opens an experiment on its GenAI traces tab unless the experiment says it holds model training.
+# MLflow 3 records what an experiment is for; this one holds model training, not GenAI traces. (Its UI still
+# opens on the GenAI view unless the address carries workflowType=machine_learning: see run_table_url.)
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def experiment_id(name: str) -> str:
     """The id of experiment `name`, created with an artifact location under the repository (and marked as
-    model training, so MLflow's UI opens it on its run table)."""
+    model training)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
