@@ -16,12 +16,12 @@ import sys
 
 CHILD = r"""
 import json, resource, sys, torch
-from diffusionret.diffusion import create_diffusion
-from diffusionret.metrics import retrieval_metrics
+from diffusionret.evaluation.metrics import retrieval_metrics
+from diffusionret.method.diffusion import create_diffusion
+from diffusionret.method.rerank import rerank_t2v, rerank_v2t
 from diffusionret.model.denoiser import Generator
 from diffusionret.model.extractor import TextFeatures, VideoFeatures
 from diffusionret.model.heads import build_head
-from diffusionret.rerank import rerank_t2v, rerank_v2t
 size, width, words, frames = (int(value) for value in sys.argv[1:5])
 torch.set_grad_enabled(False)
 head, generator, diffusion = build_head("wti", width, 128), Generator(width, seed=0), create_diffusion(10)

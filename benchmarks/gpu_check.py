@@ -18,12 +18,12 @@ from contextlib import nullcontext
 import torch
 
 from diffusionret.config import TrainGenParams
-from diffusionret.diffusion import create_diffusion
-from diffusionret.metrics import retrieval_metrics
+from diffusionret.evaluation.metrics import retrieval_metrics
+from diffusionret.method.diffusion import create_diffusion
+from diffusionret.method.objectives import ContrastiveObjective, GenerationObjective
+from diffusionret.method.rerank import rerank_t2v, rerank_v2t
 from diffusionret.model.denoiser import Generator
 from diffusionret.model.extractor import TextFeatures, VideoFeatures, build_feature_extractor
-from diffusionret.objectives import ContrastiveObjective, GenerationObjective
-from diffusionret.rerank import rerank_t2v, rerank_v2t
 
 
 def sync(device: torch.device) -> None:

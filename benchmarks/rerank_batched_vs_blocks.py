@@ -21,9 +21,9 @@ from typing import Callable
 
 import torch
 
-from diffusionret.diffusion import create_diffusion
+from diffusionret.method.diffusion import create_diffusion
+from diffusionret.method.rerank import rerank_scores, rerank_t2v
 from diffusionret.model.denoiser import Generator
-from diffusionret.rerank import rerank_scores, rerank_t2v
 
 
 def main() -> None:

@@ -93,9 +93,9 @@ def measure(score_fn, text: TextFeatures, videos: torch.Tensor, mask: torch.Tens
 
 def rerank_ms(width: int, frames: int, k: int = 32, steps: int = 50, repeats: int = 5) -> float:
     """Median time of re-ranking one query's top-k (k, steps: the defaults) with a random generator."""
-    from diffusionret.diffusion import create_diffusion
+    from diffusionret.method.diffusion import create_diffusion
     from diffusionret.model.denoiser import Generator
-    from diffusionret.rerank import rerank_t2v
+    from diffusionret.method.rerank import rerank_t2v
 
     generator, diffusion = Generator(width, seed=0).eval(), create_diffusion(steps, "cosine")
     rng = np.random.default_rng(0)

@@ -18,10 +18,10 @@ import time
 import torch
 
 from diffusionret.config import TrainGenParams
-from diffusionret.diffusion import create_diffusion
+from diffusionret.method.diffusion import create_diffusion
+from diffusionret.method.objectives import GenerationObjective
 from diffusionret.model.denoiser import Generator
 from diffusionret.model.extractor import build_feature_extractor
-from diffusionret.objectives import GenerationObjective
 
 
 def main() -> None:

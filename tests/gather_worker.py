@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import torch
 
-from diffusionret.losses import contrastive_loss, gather_with_grad
+from diffusionret.method.losses import contrastive_loss, gather_with_grad
 from diffusionret.model.heads import WTIHead
 
 GLOBAL_BATCH, WORDS, FRAMES, INPUT_WIDTH, WIDTH = 6, 4, 3, 5, 8

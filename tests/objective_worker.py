@@ -10,11 +10,11 @@ from datetime import timedelta
 import torch
 
 from diffusionret.config import TrainGenParams
-from diffusionret.diffusion import create_diffusion
+from diffusionret.method.diffusion import create_diffusion
+from diffusionret.method.objectives import ContrastiveObjective, GenerationObjective, Partition
 from diffusionret.model.denoiser import Generator
 from diffusionret.model.extractor import build_feature_extractor
-from diffusionret.objectives import ContrastiveObjective, GenerationObjective, Partition
-from diffusionret.train import average_gradients
+from diffusionret.training.loop import average_gradients
 
 GLOBAL_BATCH, WORDS, FRAMES = 8, 6, 3
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusionret.diffusion import create_diffusion
+from diffusionret.method.diffusion import create_diffusion
 
 
 def _cosine_abar_direct(T: int, t: int) -> float:

@@ -1,4 +1,4 @@
-"""Evaluation rows of a cell (pipeline/evaluate.py) against brute-force loops and restated formulas."""
+"""Evaluation rows of a cell (evaluation/rows.py) against brute-force loops and restated formulas."""
 
 import math
 
@@ -6,17 +6,9 @@ import numpy as np
 import pytest
 
 from diffusionret.config import PostprocessParams
-from diffusionret.pipeline.evaluate import (
-    ROWS,
-    CellScores,
-    aggregate_draws,
-    bank_subsample,
-    cell_metrics,
-    check_selection,
-    draw_seeds,
-    metrics_of_postprocess,
-    row_matrices,
-)
+from diffusionret.evaluation.cell import CellScores, bank_subsample, check_selection, draw_seeds
+from diffusionret.evaluation.names import ROWS
+from diffusionret.evaluation.rows import aggregate_draws, cell_metrics, metrics_of_postprocess, row_matrices
 
 POST = PostprocessParams(qbnorm_bank_size=5, qbnorm_bank_seed=0, qbnorm_beta=20.0, qbnorm_k=1,
                          qbnorm_min_count=1, dsl_temperature=10.0)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from diffusionret.diffusion import create_diffusion
-from diffusionret.generation import generation_loss, same_video_candidates, select_candidates, stage2_loss
+from diffusionret.method.diffusion import create_diffusion
+from diffusionret.method.losses import generation_loss, same_video_candidates, select_candidates, stage2_loss
 from diffusionret.model.denoiser import Generator
 
 VIDEO_KEYS = torch.tensor([0, 1, 0, 2, 3, 1, 4])  # 7 pairs, videos 0 and 1 appear twice

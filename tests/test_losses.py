@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from diffusionret.losses import contrastive_loss, gather_with_grad
+from diffusionret.method.losses import contrastive_loss, gather_with_grad
 
 
 def _infonce_by_hand(similarity: list[list[float]], scale: float) -> float:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusionret.metrics import (
+from diffusionret.evaluation.metrics import (
     chance_metrics,
     faithful_msvd_groups,
     flatten_metrics,

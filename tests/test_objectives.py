@@ -15,7 +15,7 @@ from objective_worker import gradients  # noqa: E402
 
 sys.path.remove(str(HELPER.parent))
 
-from diffusionret.objectives import Partition  # noqa: E402
+from diffusionret.method.objectives import Partition  # noqa: E402
 
 
 def assert_same(result: dict, reference: dict, rtol: float = 1e-4) -> None:

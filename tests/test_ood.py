@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from diffusionret.ood import (OOD_SCORES, QueryEvidence, aurc, available_scores, compute_scores,
+from diffusionret.evaluation.ood import (OOD_SCORES, QueryEvidence, aurc, available_scores, compute_scores,
                               detection_metrics, fpr_at_tpr, kendall_tau, risk_coverage)
 
 

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from diffusionret.ood import OOD_SCORES, QueryEvidence
-from diffusionret.pipeline.evaluate import OodEvidence, metrics_of_postprocess, ood_metrics, top1_correct
+from diffusionret.evaluation.cell import OodEvidence, top1_correct
+from diffusionret.evaluation.ood import OOD_SCORES, QueryEvidence
+from diffusionret.evaluation.rows import metrics_of_postprocess, ood_metrics
 from diffusionret.report.tables import CellResult, ood_detection_table, results_markdown
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

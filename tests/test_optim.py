@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffusionret.optim import (
+from diffusionret.training.optim import (
     BertAdam,
     ModelEMA,
     build_optimizer,

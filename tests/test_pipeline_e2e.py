@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
+from diffusionret.evaluation.names import file_metric_key, headline_keys
+
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
@@ -107,8 +109,18 @@ def test_metrics_written_for_every_cell_of_the_ood_grid(pipeline):
             assert scores["ood__t2v__id__s1_max"].shape == (32,) and scores["ood__v2t__ood__gen_neg_spread"].shape == (32,)
         info = json.loads((work / "eval" / cell / "cell.json").read_text())
         assert info["ood_detect"]["seconds"] > 0 and info["ood_detect"]["gallery"] == "synthetic/test"
-    shown = run(["dvc", "metrics", "show", "--json"], work, env).stdout
-    assert "t2v/R1" in shown and "v2t_rerank/MnR" in shown and "t2v_rerank_qbnorm/R1_std" in shown
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], work, env).stdout)
+    rows = ("t2v", "t2v_rerank", "v2t", "v2t_rerank")
+    for cell in CELLS:  # the DVC metric is the headline: stage 1 and re-ranked, both directions, a file per row
+        full = json.loads((work / "eval" / cell / "metrics.json").read_text())
+        for row in rows:
+            headline = json.loads((work / "eval" / cell / "headline" / f"{row}.json").read_text())
+            assert headline == {name: full[f"{row}/{name}"] for name in ("R1", "R5", "R10", "MdR", "MnR")}
+    metric_files = {name for entry in shown.values() for name in entry["data"]}
+    assert metric_files == {f"eval/{cell}/headline/{row}.json" for cell in CELLS for row in rows}
+    table = run(["dvc", "metrics", "show"], work, env).stdout.splitlines()
+    assert table[0].split() == ["Path", "MdR", "MnR", "R1", "R10", "R5"] and len(table) == 1 + len(metric_files)
+    assert max(len(line) for line in table) <= 120, "dvc metrics show must fit a terminal"
 
 
 def test_fixed_seed_repeats_the_whole_evaluation(pipeline):
@@ -118,10 +130,11 @@ def test_fixed_seed_repeats_the_whole_evaluation(pipeline):
 import json
 from pathlib import Path
 from diffusionret.config import load_params
-from diffusionret.pipeline.evaluate import cell_metrics, ood_metrics, score_cell
+from diffusionret.evaluation.rows import cell_metrics, ood_metrics
+from diffusionret.pipeline.evaluate import load_and_score
 from diffusionret.pipeline.paths import Paths
 params = load_params('params.yaml')
-cell = score_cell('synthetic', 'synthetic-shift', params, Paths(Path.cwd(), params.data))
+cell = load_and_score('synthetic', 'synthetic-shift', params, Paths(Path.cwd(), params.data))
 metrics, _ = cell_metrics(cell, params.postprocess, chunk_size=params.eval.chunk_size,
                           faithful_msvd_grouping=params.eval.faithful_msvd_grouping)
 metrics.update(ood_metrics(cell.ood)[0])
@@ -198,11 +211,17 @@ def test_mlflow_holds_runs_with_loss_curves_and_eval_children(pipeline):
         assert tags["transductive"] == str(post == "dsl").lower() and tags["selection"] == "val"
         assert tags["mlflow.parentRunId"] == disc.info.run_id
         metrics = json.loads((work / "eval" / f"synthetic__{bench}" / "metrics.json").read_text())
-        for name, value in found.data.metrics.items():  # the same names and values as metrics.json
-            assert metrics[name] == pytest.approx(value), name
+        assert found.info.run_name == f"→ {bench} · {post}"
+        for name, value in found.data.metrics.items():  # metrics.json's values, the post-processing suffix dropped
+            assert metrics[file_metric_key(name, post)] == pytest.approx(value), name
     assert "t2v/R1" in cells[("synthetic", "none")].data.metrics
-    assert "v2t_rerank_qbnorm/R1_std" in cells[("synthetic-shift", "qbnorm")].data.metrics
-    assert "t2v_dsl/MnR" in cells[("synthetic", "dsl")].data.metrics
+    assert "v2t_rerank/R1_std" in cells[("synthetic-shift", "qbnorm")].data.metrics
+    assert "t2v/MnR" in cells[("synthetic", "dsl")].data.metrics
+    names = {post: set(cells[("synthetic", post)].data.metrics) for post in ("none", "qbnorm", "dsl")}
+    assert names["qbnorm"] == names["dsl"] and names["qbnorm"] < names["none"]  # same columns in every run
+    in_distribution = json.loads((work / "eval" / "synthetic__synthetic" / "metrics.json").read_text())
+    assert {key.removeprefix("test/"): value for key, value in disc.data.metrics.items()
+            if key.startswith("test/")} == pytest.approx({key: in_distribution[key] for key in headline_keys()})
     for bench in ("synthetic-shift", "synthetic-textshift"):  # OOD detection: the none run, with histograms
         assert "ood_detect/s1_msp/auroc" in cells[(bench, "none")].data.metrics
         assert "ood_detect_v2t/gen_neg_spread/fpr95" in cells[(bench, "none")].data.metrics
@@ -219,13 +238,13 @@ def test_trained_model_beats_the_untrained_one(pipeline):
     script = f"""
 import json, numpy as np, torch
 from pathlib import Path
-from diffusionret.model.checkpoint import load_extractor
-from diffusionret.model.extractor import FeatureExtractor
 from diffusionret.data.frames import load_frame_cache
 from diffusionret.data.records import load_annotations
-from diffusionret.encode import encode_captions, encode_videos
-from diffusionret.text import load_tokenizer, tokenize
-from diffusionret.metrics import retrieval_metrics
+from diffusionret.evaluation.metrics import retrieval_metrics
+from diffusionret.features.encode import encode_captions, encode_videos
+from diffusionret.model.checkpoint import load_extractor
+from diffusionret.model.extractor import FeatureExtractor
+from diffusionret.model.tokenizer import load_tokenizer, tokenize
 work = Path({str(work)!r})
 trained, meta = load_extractor(work / 'models/synthetic/disc')
 torch.manual_seed(0)

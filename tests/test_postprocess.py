@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusionret.postprocess import (
+from diffusionret.evaluation.postprocess import (
     POSTPROCESSORS,
     activation_set,
     apply_postprocess,

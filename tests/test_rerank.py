@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from diffusionret.diffusion import create_diffusion
+from diffusionret.method.diffusion import create_diffusion
+from diffusionret.method.rerank import rerank_scores, rerank_t2v, rerank_v2t
 from diffusionret.model.denoiser import Generator
-from diffusionret.rerank import rerank_scores, rerank_t2v, rerank_v2t
 
 Q, V, T, D, K = 7, 9, 2, 8, 3
 

@@ -13,6 +13,7 @@ import torch
 from diffusionret.data import frames as frames_module
 from diffusionret.data.frames import read_video_frames
 from diffusionret.data.synthetic import render_video, write_mp4
+from diffusionret.search import index as index_module
 from diffusionret.search.index import build_index
 from diffusionret.search.model import CheckpointMismatchError
 from diffusionret.search.store import SearchIndexError, load_index, read_manifest, thumb_path
@@ -25,7 +26,7 @@ def write_model(directory: Path, seed: int) -> Path:
     from diffusionret.model.checkpoint import save_extractor, save_module
     from diffusionret.model.denoiser import Generator
     from diffusionret.model.extractor import build_feature_extractor
-    from diffusionret.text import train_bpe_tokenizer
+    from diffusionret.model.tokenizer import train_bpe_tokenizer
 
     tokenizer = train_bpe_tokenizer(["a red circle moves left", "the blue square is moving up"],
                                     directory / "disc" / "tokenizer", 300)
@@ -77,7 +78,7 @@ def decoded(monkeypatch) -> list[str]:
         calls.extend(Path(path).name for path in videos.values())
         return real(videos, *args, **kwargs)
 
-    monkeypatch.setattr(frames_module, "build_frame_cache", spy)
+    monkeypatch.setattr(index_module, "build_frame_cache", spy)  # where search/index.py looks it up
     return calls
 
 

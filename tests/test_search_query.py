@@ -63,13 +63,13 @@ def train_model(model_dir: Path, clips: list[Path], meanings: list[tuple[str, st
     The distractors (videos without captions) are extra negatives of the text-to-video term, so that videos
     unlike anything in training do not outscore the clips. Returns the captions of each clip.
     """
-    from diffusionret.diffusion import create_diffusion
-    from diffusionret.generation import stage2_loss
-    from diffusionret.losses import contrastive_loss
+    from diffusionret.method.diffusion import create_diffusion
+    from diffusionret.method.losses import stage2_loss
+    from diffusionret.method.losses import contrastive_loss
     from diffusionret.model.checkpoint import save_extractor, save_module
     from diffusionret.model.denoiser import Generator
     from diffusionret.model.extractor import build_feature_extractor
-    from diffusionret.text import tokenize, train_bpe_tokenizer
+    from diffusionret.model.tokenizer import tokenize, train_bpe_tokenizer
 
     rng = np.random.default_rng(1)
     captions = [[make_caption(m, SEEN_TEMPLATES, rng) for _ in range(3)] for m in meanings]  # 3 per clip
@@ -167,12 +167,12 @@ def test_caption_finds_its_clip_at_rank_1(world, capsys):
 
 def brute_force(world, queries: list[str], *, rerank: bool, k: int, seed: int) -> list[list[tuple[str, float]]]:
     """(path, score) rankings from the library's head over ALL videos in one call, and rerank_t2v on full rows."""
-    from diffusionret.diffusion import create_diffusion
+    from diffusionret.method.diffusion import create_diffusion
     from diffusionret.model.checkpoint import load_extractor, load_generator
     from diffusionret.model.extractor import VideoFeatures
-    from diffusionret.rerank import rerank_t2v
+    from diffusionret.method.rerank import rerank_t2v
     from diffusionret.search.store import load_index
-    from diffusionret.text import load_tokenizer, tokenize
+    from diffusionret.model.tokenizer import load_tokenizer, tokenize
 
     model = world["root"] / "model"
     extractor, _ = load_extractor(model / "disc")

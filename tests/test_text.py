@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from diffusionret.text import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, load_tokenizer, tokenize, train_bpe_tokenizer
+from diffusionret.model.tokenizer import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, load_tokenizer, tokenize, train_bpe_tokenizer
 
 CAPTIONS = [
     f"a {who} is {what} in the {where}"

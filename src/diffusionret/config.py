@@ -17,10 +17,14 @@ from typing import Any
 
 import yaml
 
+from diffusionret.data.readers import READERS as READER_FUNCTIONS
+from diffusionret.data.readers import SPANNED_READERS, SPLIT_NAMES
+from diffusionret.data.sources import SOURCES as BENCHMARK_SOURCES
+
 SYNTHETIC_SHIFTS = ("none", "visual_text", "text")
-REAL_BENCHMARKS = ("msrvtt", "lsmdc", "msvd", "activitynet", "didemo")
+REAL_BENCHMARKS = tuple(BENCHMARK_SOURCES)  # the download registry (data/sources.py)
 SOURCES = ("synthetic",) + REAL_BENCHMARKS
-READERS = ("msrvtt", "msvd", "lsmdc", "activitynet", "didemo")
+READERS = tuple(READER_FUNCTIONS)  # the annotation-reader registry (data/readers/__init__.py)
 CLIP_SPANS = ("video", "annotation", "fixed")
 TEMPORAL_MODULES = ("seqTransf", "none")
 SIMILARITY_HEADS = ("wti", "meanP")
@@ -90,8 +94,6 @@ class BenchmarkParams:
     synthetic: SyntheticParams | None = None  # generator settings (source: synthetic only; null otherwise)
 
     def validate(self, path: str) -> None:
-        from diffusionret.data.readers import SPANNED_READERS, SPLIT_NAMES
-
         _in(f"{path}.source", self.source, SOURCES)
         _in(f"{path}.reader", self.reader, READERS)
         expected_reader = "msrvtt" if self.source == "synthetic" else self.source

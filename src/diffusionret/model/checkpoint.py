@@ -14,6 +14,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from diffusionret.model.denoiser import Generator
+from diffusionret.model.extractor import FeatureExtractor
+
 
 class CheckpointMismatch(RuntimeError):
     """A checkpoint's keys do not match the module being loaded."""
@@ -58,8 +61,6 @@ def load_extractor(directory: Path):
     """Rebuild the FeatureExtractor a stage-1 checkpoint describes and load its weights strictly."""
     from transformers import CLIPConfig, CLIPModel
 
-    from diffusionret.model.extractor import FeatureExtractor
-
     metadata = read_metadata(directory)
     clip = CLIPModel(CLIPConfig.from_pretrained(str(directory / "clip")))
     model = metadata["model"]
@@ -72,8 +73,6 @@ def load_extractor(directory: Path):
 
 def load_generator(directory: Path):
     """Rebuild the two denoisers a stage-2 checkpoint describes and load their weights strictly."""
-    from diffusionret.model.denoiser import Generator
-
     metadata = read_metadata(directory)
     generator = Generator(metadata["width"], frame_temperature=metadata["frame_temperature"])
     load_strict(generator, load_file(str(directory / "model.safetensors")), directory / "model.safetensors")

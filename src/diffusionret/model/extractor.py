@@ -27,6 +27,19 @@ class TextFeatures:
     mask: torch.Tensor
     sentence: torch.Tensor
 
+    def __len__(self) -> int:
+        return self.sentence.shape[0]
+
+    def __getitem__(self, rows: slice | torch.Tensor) -> "TextFeatures":
+        """The captions at `rows` (a slice or a (b,) index tensor) -> tokens (b, L, D), mask (b, L), sentence (b, D)."""
+        return TextFeatures(tokens=self.tokens[rows], mask=self.mask[rows], sentence=self.sentence[rows])
+
+    @staticmethod
+    def cat(parts: "list[TextFeatures]") -> "TextFeatures":
+        """Concatenate along the caption dimension."""
+        return TextFeatures(tokens=torch.cat([p.tokens for p in parts]), mask=torch.cat([p.mask for p in parts]),
+                            sentence=torch.cat([p.sentence for p in parts]))
+
 
 @dataclass
 class VideoFeatures:
@@ -34,6 +47,18 @@ class VideoFeatures:
 
     frames: torch.Tensor
     mask: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.frames.shape[0]
+
+    def __getitem__(self, rows: slice | torch.Tensor) -> "VideoFeatures":
+        """The videos at `rows` (a slice or a (b,) index tensor) -> frames (b, T, D), mask (b, T)."""
+        return VideoFeatures(frames=self.frames[rows], mask=self.mask[rows])
+
+    @staticmethod
+    def cat(parts: "list[VideoFeatures]") -> "VideoFeatures":
+        """Concatenate along the video dimension."""
+        return VideoFeatures(frames=torch.cat([p.frames for p in parts]), mask=torch.cat([p.mask for p in parts]))
 
 
 class FeatureExtractor(nn.Module):

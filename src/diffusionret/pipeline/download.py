@@ -25,8 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from diffusionret.config import BenchmarkParams, Params
-from diffusionret.data.download import ChecksumLock, DownloadError, download_file, extract_members, extract_videos
+from diffusionret.data.download import (ChecksumLock, DownloadError, download_file, extract_members, extract_videos,
+                                        sha256_of)
 from diffusionret.data.sources import SOURCES, BenchmarkSource, Download, Requirement, needed, source_of
+from diffusionret.data.synthetic import generate_synthetic
 from diffusionret.data.videos import VIDEO_EXTENSIONS, index_video_files
 from diffusionret.pipeline.paths import Paths
 
@@ -62,8 +64,6 @@ def lock_path(paths: Paths, name: str, raw_dir: Path) -> Path:
 def generate_synthetic_once(settings: BenchmarkParams, raw_dir: Path, *, workers: int = 1,
                             progress: bool = True) -> dict:
     """Generate the synthetic benchmark into raw_dir, unless a finished run with the same settings is there."""
-    from diffusionret.data.synthetic import generate_synthetic
-
     synthetic = settings.synthetic
     wanted = dataclasses.asdict(synthetic)
     stamp = raw_dir / SYNTHETIC_STAMP
@@ -229,8 +229,6 @@ def read_manifest(path: Path, repo_root: Path) -> tuple[dict, Path, dict[str, Pa
 
 def _synthetic_annotations(raw_dir: Path, settings: BenchmarkParams) -> dict[str, dict]:
     """Digests of the MSRVTT-layout files the synthetic generator wrote (those its splits use)."""
-    from diffusionret.data.download import sha256_of
-
     split_names = set(settings.splits.values()) - {""}
     files = {}
     for requirement in SOURCES["msrvtt"].requirements:

@@ -5,12 +5,11 @@ from __future__ import annotations
 from diffusionret.config import Params
 from diffusionret.data.frames import load_frame_cache
 from diffusionret.data.records import load_annotations
-from diffusionret.encode import encode_captions, encode_videos
-from diffusionret.features import save_split_features, write_info
+from diffusionret.features.cache import save_split_features, write_info
+from diffusionret.features.encode import encode_captions, encode_videos, split_rows
 from diffusionret.model.checkpoint import load_extractor
+from diffusionret.model.tokenizer import load_tokenizer, tokenize
 from diffusionret.pipeline.paths import Paths
-from diffusionret.pipeline.train_disc import split_rows
-from diffusionret.text import load_tokenizer, tokenize
 
 
 def splits_to_extract(trained: str, evaluated: str) -> tuple[str, ...]:

@@ -17,10 +17,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from diffusionret import tracking
 from diffusionret.config import BenchmarkParams, Params, PreprocessParams
 from diffusionret.data.check import check_benchmark, drop_videos, enforce_complete
+from diffusionret.data.frames import build_frame_cache
 from diffusionret.data.records import SplitAnnotations, save_annotations
 from diffusionret.data.sources import SOURCES
+from diffusionret.data.videos import VIDEO_EXTENSIONS, index_video_files
 from diffusionret.pipeline.download import benchmark_raw_dir, manifest_path, read_manifest
 from diffusionret.pipeline.paths import Paths
 
@@ -73,9 +76,6 @@ def preprocess_benchmark(name: str, settings: BenchmarkParams, preprocess: Prepr
     video_ids = sorted({video for annotations in splits.values() for video in annotations.video_ids})
     videos = {video: check.files[video] for video in video_ids}
     spans = clip_spans(splits, settings)
-
-    from diffusionret.data.frames import build_frame_cache
-
     summary = build_frame_cache(
         videos, out_dir, sample_fps=settings.fps, max_frames=settings.max_frames,
         image_size=preprocess.image_size, spans=spans, workers=preprocess.workers,
@@ -111,8 +111,6 @@ def preprocess_benchmark(name: str, settings: BenchmarkParams, preprocess: Prepr
 
 def log_dropped_videos(name: str, report: dict, params: Params, repo_root: Path, files: list[Path]) -> str:
     """Log the counts of skipped videos (and the lists) to MLflow; returns the run id."""
-    from diffusionret import tracking
-
     tracking.configure(params.tracking.tracking_uri, params.tracking.artifact_root, repo_root)
     experiment = f"{params.tracking.experiment_prefix}/{name}"
     with tracking.start_run(experiment=experiment, run_name="preprocess",
@@ -141,8 +139,6 @@ def run_preprocess(name: str, params: Params, paths: Paths, repo_root: Path, *, 
 
 def check_benchmark_files(name: str, settings: BenchmarkParams, raw_dir: Path) -> dict:
     """What `diffusionret data check` reports: per-split counts (videos, captions, missing) of a folder, no decoding."""
-    from diffusionret.data.videos import VIDEO_EXTENSIONS, index_video_files
-
     extensions = SOURCES[settings.source].videos.extensions if settings.source in SOURCES else VIDEO_EXTENSIONS
     index = index_video_files(raw_dir, extensions) if Path(raw_dir).is_dir() else {}
     check = check_benchmark(raw_dir, benchmark=name, reader=settings.reader, splits=settings.splits,

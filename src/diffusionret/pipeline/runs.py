@@ -11,8 +11,14 @@ import torch
 
 from diffusionret import tracking
 from diffusionret.config import Params, StageTrainParams, batch_partition, flatten
-from diffusionret.objectives import Partition
-from diffusionret.train import LoopSettings, TrainingState
+from diffusionret.method.objectives import Partition
+from diffusionret.training.loop import LoopSettings, TrainingState
+from diffusionret.training.optim import (build_optimizer, build_param_groups, faithful_bertadam_param_groups,
+                                         faithful_warmup_cosine_lambda, warmup_cosine_lambda)
+
+# train.* keys that do not change a stage's weights (left out of the resume fingerprint of both training stages)
+NOT_AFFECTING_WEIGHTS = ("log_every", "checkpoint_every", "keep_checkpoints", "num_workers", "benchmarks",
+                         "accelerate_config")
 
 
 def make_accelerator(precision: str):
@@ -109,9 +115,6 @@ def make_optimizer(settings, model: torch.nn.Module, clip_module: torch.nn.Modul
     `bertadam`: the official recipe (reference §6.2): name-based groups, BertAdam (no bias correction,
     per-tensor clipping) and warm-up/cosine on the global progress.
     """
-    from diffusionret.optim import (build_optimizer, build_param_groups, faithful_bertadam_param_groups,
-                                    faithful_warmup_cosine_lambda, warmup_cosine_lambda)
-
     if settings.optimizer == "bertadam":
         groups = faithful_bertadam_param_groups(model, lr=settings.lr, coef_lr=settings.coef_lr,
                                                 weight_decay=settings.weight_decay)

@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
 from diffusionret import tracking
@@ -19,22 +18,22 @@ from diffusionret.data.batches import StepBatchSampler
 from diffusionret.data.datasets import CaptionVideoDataset
 from diffusionret.data.frames import FrameCache, load_frame_cache
 from diffusionret.data.records import SplitAnnotations, load_annotations
-from diffusionret.encode import encode_captions, encode_videos
-from diffusionret.metrics import retrieval_metrics
+from diffusionret.evaluation.metrics import recall_metrics
+from diffusionret.evaluation.scoring import score_queries
+from diffusionret.features.encode import encode_captions, encode_videos, split_rows
+from diffusionret.method.objectives import ContrastiveObjective
+from diffusionret.model.backbone import NAMED_CLIP_CONFIGS
 from diffusionret.model.checkpoint import save_extractor
 from diffusionret.model.extractor import FeatureExtractor, build_feature_extractor
-from diffusionret.objectives import ContrastiveObjective
+from diffusionret.model.tokenizer import load_tokenizer, tokenize, train_bpe_tokenizer
 from diffusionret.pipeline.paths import Paths
-from diffusionret.pipeline.runs import (RunLogger, fingerprint, loop_settings, make_accelerator, make_optimizer,
-                                        partition, seed_everything, stage_params)
-from diffusionret.text import load_tokenizer, tokenize, train_bpe_tokenizer
-from diffusionret.train import TrainingState, run_training
+from diffusionret.pipeline.runs import (NOT_AFFECTING_WEIGHTS, RunLogger, fingerprint, loop_settings, make_accelerator,
+                                        make_optimizer, partition, seed_everything, stage_params)
+from diffusionret.training.loop import TrainingState, run_training
 
 
 def prepare_tokenizer(backbone: str, vocab_size: int, train_captions, out_dir: Path, accelerator):
     """A from-scratch backbone gets a BPE trained on the training captions; a checkpoint brings its own."""
-    from diffusionret.model.backbone import NAMED_CLIP_CONFIGS
-
     if accelerator.is_main_process:
         if backbone in NAMED_CLIP_CONFIGS:
             train_bpe_tokenizer(train_captions, out_dir, vocab_size)
@@ -44,24 +43,14 @@ def prepare_tokenizer(backbone: str, vocab_size: int, train_captions, out_dir: P
     return load_tokenizer(out_dir)
 
 
-def split_rows(annotations: SplitAnnotations, cache: FrameCache) -> np.ndarray:
-    """Frame-cache row of every video of a split."""
-    return np.array([cache.row_of[video] for video in annotations.video_ids], dtype=np.int64)
-
-
 def validation_r1(extractor: FeatureExtractor, annotations: SplitAnnotations, ids, mask, cache: FrameCache,
                   batch_size: int, chunk_size: int) -> float:
     """t2v R@1 of `extractor` on a validation split (the checkpoint-selection metric)."""
     text = encode_captions(extractor, ids, mask, batch_size)
     video = encode_videos(extractor, cache.frames, cache.mask, split_rows(annotations, cache), batch_size)
-    with torch.no_grad():
-        scores = extractor.similarity(text, video).float().numpy()  # (C, V)
-    metrics = retrieval_metrics(scores, np.asarray(annotations.caption_video), chunk_size=chunk_size)
-    return float(metrics["t2v"]["R1"])
-
-
-NOT_AFFECTING_WEIGHTS = ("log_every", "checkpoint_every", "keep_checkpoints", "num_workers", "benchmarks",
-                         "accelerate_config")
+    scores = score_queries(extractor.similarity, text, video, direction="t2v", query_block=chunk_size)  # (C, V)
+    ranks = scores.ranks(np.asarray(annotations.caption_video), chunk_size=chunk_size)
+    return float(recall_metrics(ranks)["R1"])
 
 
 def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict:
@@ -75,7 +64,7 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
     val_ann = load_annotations(paths.annotations(name, selection))
     cache = load_frame_cache(paths.frames(name))
     state = TrainingState(paths.partial("train_disc", name))
-    weights_fingerprint = fingerprint(params.model, settings, bench, params.preprocess,
+    weights_fingerprint = fingerprint(params.model, settings, bench, {"image_size": params.preprocess.image_size},
                                       {"selection": params.eval.selection}, exclude=NOT_AFFECTING_WEIGHTS)
 
     tokenizer = prepare_tokenizer(params.model.backbone, params.model.tokenizer_vocab_size, train_ann.captions,

@@ -16,42 +16,36 @@ import torch
 from diffusionret import tracking
 from diffusionret.config import Params
 from diffusionret.data.batches import global_batch_indices, local_slice
-from diffusionret.diffusion import GaussianDiffusion, create_diffusion
-from diffusionret.features import SplitFeatures, load_split_features, video_keys
-from diffusionret.metrics import retrieval_metrics
+from diffusionret.evaluation.metrics import recall_metrics
+from diffusionret.evaluation.scoring import RerankSettings, score_queries
+from diffusionret.features.cache import SplitFeatures, load_split_features, video_keys
+from diffusionret.method.diffusion import GaussianDiffusion, create_diffusion
+from diffusionret.method.objectives import GenerationObjective
 from diffusionret.model.checkpoint import load_extractor, save_module
 from diffusionret.model.denoiser import Generator
 from diffusionret.model.extractor import FeatureExtractor
-from diffusionret.objectives import GenerationObjective
 from diffusionret.pipeline.paths import Paths
-from diffusionret.pipeline.runs import (RunLogger, fingerprint, loop_settings, make_accelerator, make_optimizer,
-                                        partition, seed_everything, stage_params)
-from diffusionret.pipeline.train_disc import NOT_AFFECTING_WEIGHTS
-from diffusionret.rerank import rerank_t2v
-from diffusionret.train import Progress, TrainingState, run_training
+from diffusionret.pipeline.runs import (NOT_AFFECTING_WEIGHTS, RunLogger, fingerprint, loop_settings, make_accelerator,
+                                        make_optimizer, partition, seed_everything, stage_params)
+from diffusionret.training.loop import Progress, TrainingState, run_training
 
 
 def feature_batch(features: SplitFeatures, keys: torch.Tensor, indices: np.ndarray) -> dict[str, torch.Tensor]:
     """Cached features of the captions at `indices` and of their videos."""
     index = torch.as_tensor(indices, dtype=torch.long)
     videos = keys[index]
-    return {"text_tokens": features.text.tokens[index], "text_mask": features.text.mask[index],
-            "sentence": features.text.sentence[index], "video_frames": features.video.frames[videos],
-            "video_mask": features.video.mask[videos], "video_key": videos}
+    text, video = features.text[index], features.video[videos]
+    return {"text_tokens": text.tokens, "text_mask": text.mask, "sentence": text.sentence,
+            "video_frames": video.frames, "video_mask": video.mask, "video_key": videos}
 
 
 def rerank_val_r1(generator: Generator, diffusion: GaussianDiffusion, extractor: FeatureExtractor,
-                  features: SplitFeatures, k: int, temperature: float, alpha: float, seed: int,
-                  chunk_size: int) -> float:
-    """t2v R@1 on the validation split after diffusion re-ranking (the stage-2 selection metric)."""
-    with torch.no_grad():
-        scores = extractor.similarity(features.text, features.video)  # (C, V)
-        result = rerank_t2v(scores, features.text.sentence, features.video.frames, features.video.mask,
-                            generator.t2v, diffusion, k=min(k, scores.shape[1]), temperature=temperature,
-                            alpha=alpha, seed=seed)
-    metrics = retrieval_metrics(result.scores.float().numpy(), np.asarray(features.annotations.caption_video),
-                                chunk_size=chunk_size)
-    return float(metrics["t2v"]["R1"])
+                  features: SplitFeatures, rerank: RerankSettings, chunk_size: int) -> float:
+    """t2v R@1 on the validation split after diffusion re-ranking with one seed (the stage-2 selection metric)."""
+    scores = score_queries(extractor.similarity, features.text, features.video, direction="t2v",
+                           query_block=chunk_size, generator=generator, diffusion=diffusion, rerank=rerank)
+    ranks = scores.ranks(np.asarray(features.annotations.caption_video), draw=0, chunk_size=chunk_size)
+    return float(recall_metrics(ranks)["R1"])
 
 
 def train_gen(name: str, params: Params, paths: Paths, repo_root: Path) -> dict:
@@ -83,10 +77,12 @@ def train_gen(name: str, params: Params, paths: Paths, repo_root: Path) -> dict:
             local = local_slice(indices, accelerator.process_index, accelerator.num_processes)
             yield {key: value.to(accelerator.device) for key, value in feature_batch(train_features, keys, local).items()}
 
+    rerank = RerankSettings(k=params.eval.rerank_k, temperature=params.eval.rerank_temperature,
+                            alpha=params.eval.rerank_alpha, seeds=(params.eval.seed,),
+                            query_batch=params.eval.rerank_query_batch)
+
     def validate(module: Generator) -> float:
-        return rerank_val_r1(module, diffusion, extractor, val_features, params.eval.rerank_k,
-                             params.eval.rerank_temperature, params.eval.rerank_alpha, params.eval.seed,
-                             params.eval.chunk_size)
+        return rerank_val_r1(module, diffusion, extractor, val_features, rerank, params.eval.chunk_size)
 
     def restore_noise(progress: Progress) -> None:
         if "noise_rng" in progress.extra:

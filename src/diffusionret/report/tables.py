@@ -9,26 +9,36 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from diffusionret.ood import OOD_SCORES
+from diffusionret.evaluation.names import DIRECTIONS, FAITHFUL_SUFFIX, OOD_PREFIXES, POSTPROCESSES
+from diffusionret.evaluation.names import ROWS as EVALUATED_ROWS
+from diffusionret.evaluation.ood import OOD_SCORES
 from diffusionret.report.paper import PAPER_SOURCE_NOTE, paper_rows
 
 COLUMNS = (("R1", "R@1"), ("R5", "R@5"), ("R10", "R@10"), ("MdR", "MdR"), ("MnR", "MnR"))
-DIRECTIONS = ("t2v", "v2t")
 DSL_MARK = "†"
-# (prefix suffix, label): cumulative rows first, then post-processing of stage 1 alone (separates the effects)
-ROWS = (
-    ("", "Stage 1 (contrastive)"),
-    ("_rerank", "+ diffusion re-ranking (DiffusionRet)"),
-    ("_rerank_qbnorm", "+ re-ranking + QB-Norm"),
-    ("_rerank_dsl", f"+ re-ranking + DSL {DSL_MARK}"),
-    ("_qbnorm", "Stage 1 + QB-Norm"),
-    ("_dsl", f"Stage 1 + DSL {DSL_MARK}"),
-)
-FAITHFUL_SUFFIX = "_faithful"
+POSTPROCESS_LABELS = {"qbnorm": "QB-Norm", "dsl": f"DSL {DSL_MARK}"}
+
+
+def row_label(postprocess: str, reranked: bool) -> str:
+    """The report's label of an evaluated row."""
+    if postprocess == "none":
+        return "+ diffusion re-ranking (DiffusionRet)" if reranked else "Stage 1 (contrastive)"
+    return f"+ re-ranking + {POSTPROCESS_LABELS[postprocess]}" if reranked else \
+        f"Stage 1 + {POSTPROCESS_LABELS[postprocess]}"
+
+
+def _row_order(suffix: str) -> tuple[bool, int]:
+    postprocess, reranked = EVALUATED_ROWS[suffix]
+    return postprocess != "none" and not reranked, POSTPROCESSES.index(postprocess)
+
+
+# (row suffix, label) of every evaluated row: cumulative rows first, then post-processing of stage 1 alone
+ROWS = tuple((suffix, row_label(*EVALUATED_ROWS[suffix])) for suffix in sorted(EVALUATED_ROWS, key=_row_order))
 OOD_ROWS = (("", "stage 1"), ("_rerank", "+ diffusion re-ranking"))
 # direction -> (metric prefix of evaluate's OOD detection, columns shown per OOD cell)
-OOD_DETECT = {"t2v": ("ood_detect", (("auroc", "AUROC"), ("aupr", "AUPR"), ("fpr95", "FPR95"), ("aurc", "AURC"))),
-              "v2t": ("ood_detect_v2t", (("auroc", "AUROC"), ("aupr", "AUPR"), ("fpr95", "FPR95")))}
+DETECTION_COLUMNS = (("auroc", "AUROC"), ("aupr", "AUPR"), ("fpr95", "FPR95"))
+OOD_DETECT = {"t2v": (OOD_PREFIXES["t2v"], DETECTION_COLUMNS + (("aurc", "AURC"),)),
+              "v2t": (OOD_PREFIXES["v2t"], DETECTION_COLUMNS)}
 
 
 @dataclass

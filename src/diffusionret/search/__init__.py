@@ -8,7 +8,7 @@ Modules, one job each:
   model.py     load a trained model directory (disc/ + gen/) and fingerprint its checkpoints
   files.py     walk a folder for video files, stat and hash them
   store.py     the on-disk index: manifest, feature generations, resumable work shards, thumbnails
-  index.py     build / update an index incrementally (decoding through data/frames.py, encoding through encode.py)
+  index.py     build / update an index incrementally (decoding: data/frames.py, encoding: features/encode.py)
   query.py     stage-1 WTI ranking (exact or faiss-prefiltered) + seeded diffusion re-ranking of the top-k
   ann.py       the optional faiss prefilter (sentence vs. mean-frame inner product)
   server.py    the local JSON API and page (standard library http.server), page.py the HTML

@@ -25,9 +25,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from diffusionret.data.download import sha256_of
+from diffusionret.data.frames import build_frame_cache, load_frame_cache
+from diffusionret.features.encode import encode_videos
 from diffusionret.search.files import VideoFile, scan_videos
 from diffusionret.search.model import (FrameSettings, Fingerprint, SearchModel, fingerprint_model, frame_settings,
-                                       load_search_model, sha256_file)
+                                       load_search_model)
 from diffusionret.search.store import (FORMAT, MANIFEST, SearchIndexError, WorkDir, generation_dir, read_manifest,
                                        remove_stale, thumb_path, write_json_atomic, write_strip)
 
@@ -116,16 +119,13 @@ def _hash_files(files: list[VideoFile], root: Path, progress: bool) -> dict[str,
     """Relative path -> sha256 of each file."""
     hashes = {}
     for video in tqdm(files, desc="hashing new or changed files", unit="file", disable=not progress or not files):
-        hashes[video.path] = sha256_file(root / video.path)
+        hashes[video.path] = sha256_of(root / video.path)
     return hashes
 
 
 def _encode_round(model: SearchModel, work: WorkDir, videos: dict[str, Path], *, workers: int,
                   time_limit_s: float, progress: bool) -> dict[str, str]:
     """Decode, encode and save one batch (content hash -> file); returns hash -> error of the undecodable ones."""
-    from diffusionret.data.frames import build_frame_cache, load_frame_cache
-    from diffusionret.encode import encode_videos
-
     frames = model.frames
     summary = build_frame_cache(videos, work.batch, sample_fps=frames.sample_fps, max_frames=frames.max_frames,
                                 image_size=frames.image_size, workers=workers, partial_dir=work.decoded,

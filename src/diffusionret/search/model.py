@@ -10,10 +10,12 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffusionret.model.checkpoint import read_metadata
+from diffusionret.data.download import sha256_of
+from diffusionret.method.diffusion import create_diffusion
+from diffusionret.model.checkpoint import load_extractor, load_generator, read_metadata
+from diffusionret.model.tokenizer import load_tokenizer
 
 WEIGHTS = "model.safetensors"
-HASH_BLOCK = 1 << 20
 
 
 class CheckpointMismatchError(ValueError):
@@ -67,15 +69,6 @@ class SearchModel:
     fingerprint: Fingerprint
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(HASH_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_model_dir(model_dir: Path) -> None:
     """Raise if `model_dir` lacks the disc/ or gen/ checkpoint a search needs, saying which stage writes it."""
     model_dir = Path(model_dir)
@@ -90,7 +83,7 @@ def check_model_dir(model_dir: Path) -> None:
 def fingerprint_model(model_dir: Path) -> Fingerprint:
     """sha256 of disc/model.safetensors and gen/model.safetensors."""
     check_model_dir(model_dir)
-    return Fingerprint(sha256_file(Path(model_dir) / "disc" / WEIGHTS), sha256_file(Path(model_dir) / "gen" / WEIGHTS))
+    return Fingerprint(sha256_of(Path(model_dir) / "disc" / WEIGHTS), sha256_of(Path(model_dir) / "gen" / WEIGHTS))
 
 
 def frame_settings(model_dir: Path, decoder: str = "decord") -> tuple[FrameSettings, int]:
@@ -107,10 +100,6 @@ def frame_settings(model_dir: Path, decoder: str = "decord") -> tuple[FrameSetti
 def load_search_model(model_dir: Path, *, with_generator: bool = True, decoder: str = "decord",
                       fingerprint: Fingerprint | None = None) -> SearchModel:
     """Load the extractor, tokenizer and (optionally) the generator + its diffusion from a model directory."""
-    from diffusionret.diffusion import create_diffusion
-    from diffusionret.model.checkpoint import load_extractor, load_generator
-    from diffusionret.text import load_tokenizer
-
     model_dir = Path(model_dir)
     check_model_dir(model_dir)
     fingerprint = fingerprint or fingerprint_model(model_dir)

@@ -4,7 +4,8 @@ Per query (reference §7):
 1. stage 1: the extractor's similarity head (WTI) between the query's token features and every video's frame
    features. Exact search runs the head over all videos, `VIDEO_BLOCK` at a time. With `approximate=True` a faiss
    pre-filter (ann.py) picks `candidates` videos first and the head scores only those.
-2. re-ranking (optional, on by default): `rerank.rerank_t2v` draws x_T from `seed`, runs DDIM with the generator's
+2. re-ranking (optional, on by default): `evaluation.scoring.score_queries` (evaluation's scoring path) draws x_T
+   from `seed`, runs DDIM with the generator's
    t2v denoiser over the query's top-k, and adds alpha * softmax(x0_hat * temperature) to their stage-1 scores.
    Each query is re-ranked on its own with the same seed, so its result does not depend on the other queries of
    a batch. Since the added term is >= 0, the top-k stay above every other video. k = min(rerank_k, videos
@@ -18,11 +19,14 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
+from diffusionret.data.frames import sample_times
+from diffusionret.evaluation.scoring import RerankSettings, ScoreFn, score_queries
+from diffusionret.features.encode import encode_captions
 from diffusionret.model.extractor import TextFeatures, VideoFeatures
+from diffusionret.model.tokenizer import tokenize
 from diffusionret.search.model import CheckpointMismatchError, Fingerprint, fingerprint_model, load_search_model
 from diffusionret.search.store import MANIFEST, SearchIndexError, generation_dir, load_index
 
@@ -33,7 +37,6 @@ DEFAULT_TOP = 10
 DEFAULT_RERANK_K = 32  # eval.rerank_k of params.yaml
 DEFAULT_CANDIDATES = 1000
 
-ScoreFn = Callable[[TextFeatures, VideoFeatures], torch.Tensor]  # (Q texts, V videos) -> (Q, V)
 
 
 @dataclass
@@ -68,15 +71,8 @@ class QueryResult:
 def stage1_scores(score_fn: ScoreFn, text: TextFeatures, frames: torch.Tensor, mask: torch.Tensor,
                   video_block: int = VIDEO_BLOCK, query_block: int = QUERY_BLOCK) -> torch.Tensor:
     """Similarity (Q, V) of every query with every video, `query_block` x `video_block` at a time."""
-    rows = []
-    with torch.no_grad():
-        for q in range(0, text.tokens.shape[0], query_block):
-            part = TextFeatures(tokens=text.tokens[q:q + query_block], mask=text.mask[q:q + query_block],
-                                sentence=text.sentence[q:q + query_block])
-            rows.append(torch.cat([score_fn(part, VideoFeatures(frames=frames[v:v + video_block],
-                                                                mask=mask[v:v + video_block])).float()
-                                   for v in range(0, frames.shape[0], video_block)], dim=1))
-    return torch.cat(rows)  # (Q, V)
+    return score_queries(score_fn, text, VideoFeatures(frames=frames, mask=mask), direction="t2v",
+                         query_block=query_block, video_block=video_block).stage1  # (Q, V)
 
 
 def head_chunk_size(max_words: int, max_frames: int) -> int:
@@ -90,12 +86,11 @@ def head_chunk_size(max_words: int, max_frames: int) -> int:
 
 def query_slice(text: TextFeatures, row: int) -> TextFeatures:
     """The features of query `row` as a batch of one."""
-    return TextFeatures(tokens=text.tokens[row:row + 1], mask=text.mask[row:row + 1],
-                        sentence=text.sentence[row:row + 1])
+    return text[row:row + 1]
 
 
 def descending(scores: torch.Tensor) -> torch.Tensor:
-    """Indices by descending score, ties by lower index (stable), as rerank.py selects its top-k."""
+    """Indices by descending score, ties by lower index (stable), as method/rerank.py selects its top-k."""
     return scores.argsort(descending=True, stable=True)
 
 
@@ -167,8 +162,6 @@ class Searcher:
 
     def _frame_times(self, entry: dict) -> list[float] | None:
         """The sampling times of an indexed video's frames (preprocess's rule at the model's fps / max_frames)."""
-        from diffusionret.data.frames import sample_times
-
         if not entry.get("duration_s"):
             return None
         settings = self.model.frames
@@ -177,16 +170,13 @@ class Searcher:
 
     def encode_queries(self, queries: list[str]) -> TextFeatures:
         """Token features, mask and sentence feature of each query: (Q, L, D), (Q, L), (Q, D)."""
-        from diffusionret.encode import encode_captions
-        from diffusionret.text import tokenize
-
         ids, mask = tokenize(self.model.tokenizer, queries, self.model.max_words)  # (Q, L)
         return encode_captions(self.model.extractor, ids, mask, QUERY_BLOCK)
 
     def prefilter(self):
         """The faiss pre-filter of this index generation (built on first use, cached next to the features)."""
         if self._prefilter is None:
-            from diffusionret.search.ann import FaissPrefilter
+            from diffusionret.search.ann import FaissPrefilter  # lazy: faiss is optional (--approximate only)
 
             folder = generation_dir(self.index.directory, self.index.manifest["generation"])
             self._prefilter = FaissPrefilter(self.index.features, self.index.mask,
@@ -209,8 +199,6 @@ class Searcher:
             return self._search(queries, top, rerank, rerank_k, seed, temperature, alpha, approximate, candidates)
 
     def _search(self, queries, top, rerank, rerank_k, seed, temperature, alpha, approximate, candidates):
-        from diffusionret.rerank import rerank_t2v
-
         clock = time.perf_counter()
         text = self.encode_queries(queries)
         encode_ms = (time.perf_counter() - clock) * 1e3 / len(queries)
@@ -241,9 +229,12 @@ class Searcher:
             clock = time.perf_counter()
             final = stage1
             if rerank:
-                final = rerank_t2v(stage1[None, :], text.sentence[q:q + 1], self.frames[videos], self.mask[videos],
-                                   self.model.generator.t2v, self.model.diffusion, k=min(rerank_k, len(videos)),
-                                   temperature=temperature, alpha=alpha, seed=seed).scores[0]
+                short_list = VideoFeatures(frames=self.frames, mask=self.mask)[videos]  # (m, T, D)
+                final = score_queries(score_fn, query_slice(text, q), short_list, direction="t2v",
+                                      query_block=QUERY_BLOCK, generator=self.model.generator,
+                                      diffusion=self.model.diffusion, stage1=stage1[None, :],
+                                      rerank=RerankSettings(k=rerank_k, temperature=temperature, alpha=alpha,
+                                                            seeds=(seed,))).reranked[0][0]
             rerank_ms = (time.perf_counter() - clock) * 1e3
             hits = []
             for rank, position in enumerate(descending(final)[:top].tolist(), start=1):

@@ -2,7 +2,7 @@
 
 To add a benchmark, write `readers/<name>.py` with `read_<name>(root, split, *, benchmark, source_split)`, a
 `SPLIT_FILES` dict (split name -> file) and `DEFAULT_SPLITS` (role train/val/test -> split name, "" = carve val
-from train), and add it to the three tables below.
+from train), and add the module to `MODULES` below.
 """
 
 from __future__ import annotations
@@ -11,29 +11,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from diffusionret.data.readers import activitynet, didemo, lsmdc, msrvtt, msvd
-from diffusionret.data.readers.activitynet import read_activitynet
-from diffusionret.data.readers.didemo import read_didemo
-from diffusionret.data.readers.lsmdc import read_lsmdc
-from diffusionret.data.readers.msrvtt import read_msrvtt
-from diffusionret.data.readers.msvd import read_msvd
 from diffusionret.data.records import SplitAnnotations
 
-READERS: dict[str, Callable[..., SplitAnnotations]] = {
-    "msrvtt": read_msrvtt,  # MSRVTT and the synthetic benchmarks (same file layout)
-    "msvd": read_msvd,
-    "lsmdc": read_lsmdc,
-    "activitynet": read_activitynet,
-    "didemo": read_didemo,
-}
+# layout name -> reader module; the readers, their split names and default splits below all derive from it
+MODULES = {"msrvtt": msrvtt,  # MSRVTT and the synthetic benchmarks (same file layout)
+           "msvd": msvd, "lsmdc": lsmdc, "activitynet": activitynet, "didemo": didemo}
+READERS: dict[str, Callable[..., SplitAnnotations]] = {name: getattr(module, f"read_{name}")
+                                                       for name, module in MODULES.items()}
 # split names each reader understands (the values of params.yaml `benchmarks.<name>.splits`)
-SPLIT_NAMES: dict[str, tuple[str, ...]] = {
-    name: tuple(module.SPLIT_FILES) for name, module in
-    {"msrvtt": msrvtt, "msvd": msvd, "lsmdc": lsmdc, "activitynet": activitynet, "didemo": didemo}.items()
-}
-DEFAULT_SPLITS: dict[str, dict[str, str]] = {
-    name: dict(module.DEFAULT_SPLITS) for name, module in
-    {"msrvtt": msrvtt, "msvd": msvd, "lsmdc": lsmdc, "activitynet": activitynet, "didemo": didemo}.items()
-}
+SPLIT_NAMES: dict[str, tuple[str, ...]] = {name: tuple(module.SPLIT_FILES) for name, module in MODULES.items()}
+DEFAULT_SPLITS: dict[str, dict[str, str]] = {name: dict(module.DEFAULT_SPLITS) for name, module in MODULES.items()}
 SPANNED_READERS = ("activitynet", "didemo")  # annotations carry a time span per video
 
 

@@ -1,6 +1,10 @@
-"""Stage-2 training objective: hard-negative candidate lists and the generation loss (reference §4, §5, §8.2).
+"""The two training losses of DiffusionRet (reference §2.5, §4, §5, §8.2).
 
-For every pair b of a (global) batch, each direction builds an ordered candidate list of 1 + K items:
+Stage 1 (discrimination): symmetric InfoNCE on the similarity of the global batch, with features gathered
+across processes (`gather_with_grad`, `contrastive_loss`).
+
+Stage 2 (generation): for every pair b of a (global) batch, each direction builds an ordered candidate list
+of 1 + K items:
 index 0 is the pair's own item (the positive), then the K hardest in-batch negatives by descending
 stage-1 similarity. The clean vector x0 = (1, 0, ..., 0) over that list is noised to a random step t and
 each denoiser predicts x0_hat; the loss is CE(softmax(x0_hat / tau_g), class 0) per direction, summed.
@@ -19,8 +23,34 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from diffusionret.diffusion import GaussianDiffusion
+from diffusionret.method.diffusion import GaussianDiffusion
 from diffusionret.model.denoiser import Generator
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate `tensor` (B, ...) from every process along dim 0 -> (W*B, ...), gradients flowing to every slice.
+
+    Identity when torch.distributed is not initialised. The backward sums, over processes, the gradient each
+    process's loss sends to this process's slice (open_clip's gather_with_grad); with gradients averaged over
+    processes afterwards (DDP / accelerate), parameters get the gradient of the global-batch loss, independent
+    of the number of processes. (The original AllGather kept only the local slice: 1/W of that.)
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor.contiguous()), dim=0)
+
+
+def contrastive_loss(similarity: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE on exp(logit_scale) * S (B, B) with the diagonal as positives (reference §2.5)."""
+    if similarity.dim() != 2 or similarity.shape[0] != similarity.shape[1]:
+        raise ValueError(f"contrastive_loss needs a square (B, B) similarity; got {tuple(similarity.shape)}")
+    logits = logit_scale.exp() * similarity  # (B, B): rows = texts, columns = videos
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2.0
 
 
 def _rank_negatives(similarity: torch.Tensor, video_keys: torch.Tensor, num_negatives: int) -> torch.Tensor:
@@ -90,12 +120,26 @@ def stage2_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L_gen = CE_t2v + CE_v2t for one batch (reference §8.2); returns (loss, detached per-direction terms).
 
-    sentence (B, D), frames (B, T, D), frame_mask (B, T): frozen stage-1 features of the B pairs (they
-    are detached here); similarity (B, B) their stage-1 scores (rows = texts). Random draws, all from
-    `generator_rng` in this order: t (B,) shared by both directions, then the t2v noise, then the v2t noise.
-    `rows` restricts the denoisers (and the loss) to those query rows, with every draw still made for the
-    whole batch: the returned loss is then (sum of the rows' CE terms) / B, so summing it over a partition of
-    the rows gives exactly the full-batch loss (how processes and micro-batches split the work).
+    Random draws, all from `generator_rng` in this order: t (B,) shared by both directions, then the t2v noise,
+    then the v2t noise (each (B, 1+K)).
+
+    Args:
+        generator: the two denoisers (`generator.t2v`, `generator.v2t`), the only trainable part.
+        diffusion: the noise schedule (`q_sample`, `sample_timesteps`); its steps must fit the denoisers' table.
+        sentence: (B, D) frozen sentence features of the B captions (detached here).
+        frames: (B, T, D) frozen frame features of the B videos (detached here).
+        frame_mask: (B, T) 0/1 valid-frame mask.
+        similarity: (B, B) stage-1 scores of the batch, rows = texts; they pick each query's hard negatives.
+        video_keys: (B,) int64 video id of each pair; same-video items are never negatives (see
+            `select_candidates`).
+        num_negatives: K, negatives per query, 1 <= K <= B - 1.
+        temperature_inv: 1 / tau_g of the CE over x0_hat (100 in the official code).
+        generator_rng: the torch.Generator of every random draw (t and both noises).
+        positive_value: x0 entry of the positive (index 0).
+        negative_value: x0 entry of each negative (0, or -1 for the `--neg -1` variant).
+        rows: restricts the denoisers (and the loss) to those query rows, every draw still made for the whole
+            batch: the loss is then (sum of the rows' CE terms) / B, so summing it over a partition of the rows
+            gives exactly the full-batch loss (how processes and micro-batches split the work). None = all rows.
     """
     if diffusion.num_timesteps > generator.max_timesteps:
         raise ValueError(

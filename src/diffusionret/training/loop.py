@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from diffusionret.optim import ModelEMA
+from diffusionret.training.optim import ModelEMA
 
 
 class ResumeRefused(RuntimeError):
@@ -234,10 +234,31 @@ def run_training(*, accelerator, objective: torch.nn.Module, trainable: torch.nn
                  fingerprint: dict[str, Any] | None = None, validation_metric: str = "metric") -> LoopResult:
     """Train `trainable` (inside `objective`) for settings.total_steps, resuming from `state` if present.
 
-    batches(start_step) yields this process's batches from start_step on; objective.backward_step(batch)
-    runs forward + backward and returns scalars to log (each logged as its mean over the log_every steps of a
-    window); validate(module) returns the selection metric (higher is better) of a module with the same
-    structure as `trainable`, logged as `val/<validation_metric>_raw` and `val/<validation_metric>_ema`.
+    Every `settings.val_every` steps both the raw weights and their EMA are validated; the better one so far is
+    kept (`LoopResult.best_state`, `best_source` "raw" | "ema", `best_step`, `best_value`).
+
+    Args:
+        accelerator: the `accelerate.Accelerator` of the run (device, processes, gradient averaging, checkpoints).
+        objective: module whose `backward_step(batch)` runs forward + backward of this process's share of one
+            global batch and returns detached scalars to log, each logged as its mean over the `log_every` steps
+            of a window (e.g. `method.objectives.ContrastiveObjective`).
+        trainable: the module whose parameters are optimised and validated (inside `objective`).
+        optimizer: optimiser over `trainable`'s parameters (`training.optim`).
+        scheduler: LR scheduler stepped once per optimiser step.
+        batches: `batches(start_step)` yields this process's batches from global step `start_step` on, so a
+            resumed run continues the same sequence.
+        validate: `validate(module)` returns the selection metric (higher is better) of a module with the same
+            structure as `trainable` (the raw weights or the EMA copy), logged as `val/<validation_metric>_raw`
+            and `val/<validation_metric>_ema`.
+        settings: steps, logging / validation / checkpoint intervals, gradient clipping, EMA decay.
+        state: the resumable state on disk (checkpoints, best weights, the loss CSV).
+        log_metrics: `log_metrics(values, step)` (main process only), e.g. to MLflow.
+        after_step: called after every optimiser step (e.g. clamping the logit scale).
+        on_resume: `on_resume(progress)` after a checkpoint is loaded (e.g. restoring a noise generator).
+        extra_state: returns JSON-able extras saved with each checkpoint (read back in `progress.extra`).
+        fingerprint: the parameters that determine the weights; resuming a state saved under other values is
+            refused.
+        validation_metric: the name of what `validate` returns (e.g. `t2v_R1`), used in the logged names.
     """
     progress = Progress()
     window = WindowMean()

@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from diffusionret.diffusion import DenoiseFn, GaussianDiffusion
+from diffusionret.method.diffusion import DenoiseFn, GaussianDiffusion
 
 # (rows (b,) query indices, candidates (b, k) candidate indices) -> the DDIM step function of that block,
 # (x_t (b, k), t (b,)) -> x0_hat (b, k); called once per block, so it can prepare what all T steps share.
@@ -56,8 +56,18 @@ def rerank_scores(
 ) -> RerankResult:
     """Re-rank the top-k of every row of `scores` (Q, C) with DDIM samples from `block_denoiser`.
 
-    `block_denoiser(rows, candidates)` returns the step function `(x_t, t) -> x0_hat` of a block of queries;
-    `rows` and `candidates` are on `device` (default: the device of `scores`), where the sampling runs.
+    Args:
+        scores: (Q, C) stage-1 scores, rows = queries, columns = candidates; never modified.
+        block_denoiser: `block_denoiser(rows, candidates)` with rows (b,) query indices and candidates (b, k)
+            candidate indices returns the DDIM step function `(x_t (b, k), t (b,)) -> x0_hat (b, k)` of that
+            block; called once per block, so it can prepare what all T steps share.
+        diffusion: the noise schedule and DDIM sampler (`method.diffusion.GaussianDiffusion`).
+        k: candidates re-ranked per row, 1 <= k <= C (taken by descending stage-1 score, ties: lower index).
+        temperature: p = softmax(x0_hat * temperature) over the k candidates.
+        alpha: weight of p added to the k stage-1 scores.
+        seed: seed of the CPU generator that draws the whole (Q, k) start noise x_T at once.
+        query_batch: queries per DDIM run (memory only: a query's noise and result do not depend on it).
+        device: where the sampling runs; `rows` and `candidates` are on it (default: the device of `scores`).
     """
     if scores.dim() != 2:
         raise ValueError(f"rerank: scores must be a (queries, candidates) matrix, got shape {tuple(scores.shape)}")

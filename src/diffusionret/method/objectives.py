@@ -11,7 +11,7 @@ full-batch gradient (the contrastive loss over the global batch does not depend 
 query's hardest negatives; both denoisers predict x0 from a noised one-hot (reference §5, §8.2). Every
 process draws the same noise for the whole global batch and back-propagates only its own query rows.
 
-Both scale their loss so that AVERAGING the gradients over processes (train.py) gives the gradient of the
+Both scale their loss so that AVERAGING the gradients over processes (training/loop.py) gives the gradient of the
 global-batch loss, whatever the number of processes or micro-batches.
 """
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from diffusionret.losses import contrastive_loss, gather_with_grad
+from diffusionret.method.losses import contrastive_loss, gather_with_grad, stage2_loss
 from diffusionret.model.extractor import FeatureExtractor, TextFeatures, VideoFeatures
 
 
@@ -80,11 +80,9 @@ class ContrastiveObjective(nn.Module):
         slices = _micro_slices(size, self.partition.micro_batches)
         with torch.no_grad():
             parts = [self.encode({key: value[part] for key, value in batch.items()}) for part in slices]
-        leaves = [torch.cat([getattr(p[0], "tokens") for p in parts]).requires_grad_(),
-                  torch.cat([getattr(p[0], "sentence") for p in parts]).requires_grad_(),
-                  torch.cat([getattr(p[1], "frames") for p in parts]).requires_grad_()]
-        text = TextFeatures(tokens=leaves[0], mask=torch.cat([p[0].mask for p in parts]), sentence=leaves[1])
-        video = VideoFeatures(frames=leaves[2], mask=torch.cat([p[1].mask for p in parts]))
+        text = TextFeatures.cat([p[0] for p in parts])  # (B, L, D), (B, L), (B, D)
+        video = VideoFeatures.cat([p[1] for p in parts])  # (B, T, D), (B, T)
+        leaves = [text.tokens.requires_grad_(), text.sentence.requires_grad_(), video.frames.requires_grad_()]
         loss = self.loss(text, video)
         loss.backward()  # gradients of the head / logit scale, and of the cached features
         for part in slices:
@@ -107,8 +105,6 @@ class GenerationObjective(nn.Module):
 
     def backward_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Forward + backward of this process's query rows of the global batch; returns scalars to log."""
-        from diffusionret.generation import stage2_loss
-
         extractor = self._frozen[0]
         gathered = {key: gather_with_grad(value.long() if value.dtype == torch.bool else value).to(value.dtype)
                     for key, value in batch.items()}  # global batch B (no gradient flows: frozen features)

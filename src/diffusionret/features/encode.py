@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from diffusionret.data.frames import FrameCache
+from diffusionret.data.records import SplitAnnotations
 from diffusionret.model.extractor import FeatureExtractor, TextFeatures, VideoFeatures
+
+
+def split_rows(annotations: SplitAnnotations, cache: FrameCache) -> np.ndarray:
+    """Frame-cache row of every video of a split, (V,) int64."""
+    return np.array([cache.row_of[video] for video in annotations.video_ids], dtype=np.int64)
 
 
 @torch.no_grad()
@@ -15,8 +22,7 @@ def encode_captions(extractor: FeatureExtractor, input_ids: torch.Tensor, attent
     extractor.eval()
     parts = [extractor.encode_text(input_ids[i:i + batch_size], attention_mask[i:i + batch_size])
              for i in range(0, len(input_ids), batch_size)]
-    return TextFeatures(tokens=torch.cat([p.tokens for p in parts]), mask=torch.cat([p.mask for p in parts]),
-                        sentence=torch.cat([p.sentence for p in parts]))
+    return TextFeatures.cat(parts)
 
 
 @torch.no_grad()
@@ -30,4 +36,4 @@ def encode_videos(extractor: FeatureExtractor, frames: np.ndarray, frame_mask: n
         video_frames = torch.from_numpy(np.array(frames[batch_rows]))  # (b, T, S, S, 3) uint8
         video_mask = torch.from_numpy(np.asarray(frame_mask[batch_rows], dtype=bool))  # (b, T)
         parts.append(extractor.encode_video(video_frames, video_mask))
-    return VideoFeatures(frames=torch.cat([p.frames for p in parts]), mask=torch.cat([p.mask for p in parts]))
+    return VideoFeatures.cat(parts)

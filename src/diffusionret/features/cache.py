@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffusionret.data.records import SplitAnnotations
+from diffusionret.data.records import SplitAnnotations, load_annotations, save_annotations
 from diffusionret.model.extractor import TextFeatures, VideoFeatures
 
 
@@ -23,8 +23,6 @@ class SplitFeatures:
 def save_split_features(directory: Path, split: str, text: TextFeatures, video: VideoFeatures,
                         annotations: SplitAnnotations) -> None:
     """<directory>/<split>.safetensors + <split>.json (ids and caption->video mapping)."""
-    from diffusionret.data.records import save_annotations
-
     directory.mkdir(parents=True, exist_ok=True)
     save_file({"text_tokens": text.tokens.contiguous(), "text_mask": text.mask.contiguous(),
                "sentence": text.sentence.contiguous(), "video_frames": video.frames.contiguous(),
@@ -34,8 +32,6 @@ def save_split_features(directory: Path, split: str, text: TextFeatures, video: 
 
 def load_split_features(directory: Path, split: str) -> SplitFeatures:
     """Read a cached split, with a clear error naming the stage to run when it is missing."""
-    from diffusionret.data.records import load_annotations
-
     path = directory / f"{split}.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run the `extract` stage that writes {directory} "

@@ -1,0 +1,153 @@
+"""Rows and metrics of one evaluation cell (numpy, pure): post-processing, R@K / MdR / MnR, OOD detection.
+
+v2t is always post-processed on its own (V, Q) matrix with its own bank (training videos as queries), never
+derived from a t2v-post-processed matrix (QB-Norm mixes normalised and raw rows). A metric of a re-ranked row is
+the mean over DDIM draws; `<name>_std` is the sample standard deviation (ddof=1, only with several draws).
+Stage-1 rows (and their post-processing) are deterministic and have no `_std`. Ties: the pessimistic convention
+of `metrics` (DEFAULT_TIES) everywhere. Key names: `evaluation.names`.
+
+OOD detection: `ood_detect/<score>/{auroc,aupr,fpr95,aurc}` for t2v and `ood_detect_v2t/<score>/{auroc,aupr,fpr95}`
+for v2t, plus `ood_detect/aurc_random` (= the pooled full-coverage risk); AURC pools ID and OOD queries, an OOD
+query never being right (its video is not in A's gallery), an ID query right for the share of draws whose
+re-ranked top-1 is its video.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from diffusionret.config import PostprocessParams
+from diffusionret.evaluation.cell import CellScores, OodEvidence
+from diffusionret.evaluation.metrics import DEFAULT_TIES, chance_metrics, faithful_msvd_groups, t2v_metrics, v2t_metrics
+from diffusionret.evaluation.names import (DIRECTIONS, FAITHFUL_SUFFIX, HEADLINE_METRICS, OOD_PREFIXES, OOD_SIDES,
+                                           RANK_METRICS, REPORTED_KS, ROWS, headline_keys, headline_rows,
+                                           postprocess_of)
+from diffusionret.evaluation.ood import aurc, compute_scores, detection_metrics
+from diffusionret.evaluation.postprocess import dual_softmax, qb_norm
+
+
+def row_matrices(cell: CellScores, post: PostprocessParams, chunk_size: int
+                 ) -> Iterator[tuple[str, list[np.ndarray]]]:
+    """(prefix, one matrix per draw) for every row; t2v matrices are (Q, V), v2t matrices (V, Q).
+
+    A generator, so a caller holds one row's matrices at a time (a 30k x 1k cell stays affordable).
+    """
+    qbnorm = dict(beta=post.qbnorm_beta, k=post.qbnorm_k, min_count=post.qbnorm_min_count, chunk_size=chunk_size)
+    sources = {  # direction -> (stage-1 matrix, bank, re-ranked draws, re-ranked banks)
+        "t2v": (cell.stage1, cell.bank_t2v, cell.t2v_rerank, cell.bank_t2v_rerank),
+        "v2t": (cell.stage1.T, cell.bank_v2t, cell.v2t_rerank, cell.bank_v2t_rerank),
+    }
+    for direction in DIRECTIONS:
+        raw, bank, reranked, reranked_bank = sources[direction]
+        for suffix, (postprocess, is_reranked) in ROWS.items():
+            pairs = list(zip(reranked, reranked_bank)) if is_reranked else [(raw, bank)]
+            if postprocess == "none":
+                matrices = [scores for scores, _ in pairs]
+            elif postprocess == "qbnorm":
+                matrices = [qb_norm(scores, bank_scores, **qbnorm) for scores, bank_scores in pairs]
+            else:
+                matrices = [dual_softmax(scores, temperature=post.dsl_temperature) for scores, _ in pairs]
+            yield direction + suffix, matrices
+
+
+def curve_ks(num_candidates: int) -> tuple[int, ...]:
+    """Every K from 1 to the number of candidates, plus the reported ones (R@50 on a 32-video gallery)."""
+    return tuple(sorted(set(range(1, num_candidates + 1)) | set(REPORTED_KS)))
+
+
+def matrix_metrics(prefix: str, scores: np.ndarray, caption_video: np.ndarray, *, chunk_size: int,
+                   faithful_msvd_grouping: bool = False, ks: tuple[int, ...] = REPORTED_KS) -> dict[str, float]:
+    """R@K (K in ks), MdR, MnR of one row's matrix; the direction is the prefix's first three letters."""
+    common = dict(faithful_msvd_grouping=faithful_msvd_grouping, chunk_size=chunk_size, ties=DEFAULT_TIES, ks=ks)
+    if prefix.startswith("t2v"):
+        return t2v_metrics(scores, caption_video, **common)
+    return v2t_metrics(scores, caption_video, orientation="video_rows", **common)
+
+
+def aggregate_draws(per_draw: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of each metric over draws; `<name>_std` (sample std, ddof=1) when there are several draws."""
+    if not per_draw:
+        raise ValueError("aggregate_draws needs at least one draw")
+    out = {}
+    for name in per_draw[0]:
+        values = np.array([draw[name] for draw in per_draw], dtype=np.float64)
+        out[name] = float(values.mean())
+        if len(values) > 1:
+            out[f"{name}_std"] = float(values.std(ddof=1))
+    return out
+
+
+def faithful_v2t_defined(caption_video: np.ndarray, num_videos: int) -> bool:
+    """The released grouping leaves every video a caption (false for one caption per video: group 0 empties)."""
+    try:
+        grouped = faithful_msvd_groups(caption_video).caption_video
+    except ValueError:  # captions not contiguous per video: t2v under this grouping reports the error
+        return False
+    return bool((np.bincount(grouped[grouped >= 0], minlength=num_videos) > 0).all())
+
+
+def cell_metrics(cell: CellScores, post: PostprocessParams, *, chunk_size: int, faithful_msvd_grouping: bool
+                 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Flat metrics (`<prefix>/<name>`, `_std` over draws, `chance/...`) and R@K curves (n, K) per prefix.
+
+    With `faithful_msvd_grouping`, every row is also scored under the released off-by-one grouping as
+    `<prefix>_faithful/...` (v2t only where that grouping leaves each video a caption).
+    """
+    metrics: dict[str, float] = {}
+    curves: dict[str, np.ndarray] = {}
+    ks = curve_ks(cell.num_videos)
+    faithful_v2t = faithful_msvd_grouping and faithful_v2t_defined(cell.caption_video, cell.num_videos)
+    for prefix, matrices in row_matrices(cell, post, chunk_size):
+        per_draw, curve = [], []
+        for scores in matrices:
+            full = matrix_metrics(prefix, scores, cell.caption_video, chunk_size=chunk_size, ks=ks)
+            per_draw.append({name: full[name] for name in RANK_METRICS})
+            curve.append([full[f"R{k}"] for k in range(1, cell.num_videos + 1)])
+        metrics.update({f"{prefix}/{name}": value for name, value in aggregate_draws(per_draw).items()})
+        curves[prefix] = np.asarray(curve, dtype=np.float64)  # (n, V): R@1 .. R@V
+        if faithful_msvd_grouping and (prefix.startswith("t2v") or faithful_v2t):
+            faithful = [matrix_metrics(prefix, scores, cell.caption_video, chunk_size=chunk_size,
+                                       faithful_msvd_grouping=True) for scores in matrices]
+            metrics.update({f"{prefix}{FAITHFUL_SUFFIX}/{name}": value
+                            for name, value in aggregate_draws(faithful).items()})
+    metrics.update({f"chance/{name}": value for name, value in chance_metrics(cell.num_videos).items()})
+    return metrics, curves
+
+
+def ood_metrics(ood: OodEvidence) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Detection metrics of every score (both directions) and t2v AURC; plus the per-query scores to store."""
+    metrics: dict[str, float] = {}
+    stored: dict[str, np.ndarray] = {}
+    for direction, prefix in OOD_PREFIXES.items():
+        sides = {side: compute_scores(ood.evidence[(direction, side)]) for side in OOD_SIDES}
+        for name in sides["id"]:
+            for metric, value in detection_metrics(sides["id"][name], sides["ood"][name]).items():
+                metrics[f"{prefix}/{name}/{metric}"] = value
+            for side in OOD_SIDES:
+                stored[f"ood__{direction}__{side}__{name}"] = sides[side][name]
+        if direction == "t2v":  # selective retrieval: pooled queries, an OOD query is never right
+            correct = np.concatenate([ood.id_correct, np.zeros(len(next(iter(sides["ood"].values()))))])
+            for name in sides["id"]:
+                metrics[f"{prefix}/{name}/aurc"] = aurc(np.concatenate([sides["id"][name], sides["ood"][name]]),
+                                                        correct)
+            metrics[f"{prefix}/aurc_random"] = float(1.0 - correct.mean())
+    stored["ood__t2v__id_correct"] = ood.id_correct
+    return metrics, stored
+
+
+def metrics_of_postprocess(metrics: dict[str, float], postprocess: str) -> dict[str, float]:
+    """The metrics.json entries one MLflow child run holds: rows of this post-processing (cell-wide and OOD-detection
+    keys go with "none"). Still keyed as in metrics.json; `names.run_metric_name` gives the run's names."""
+    return {key: value for key, value in metrics.items() if postprocess_of(key) == postprocess}
+
+
+def headline_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The headline subset: R@1/5/10, MdR, MnR of stage 1 and re-ranked rows, both directions (flat keys)."""
+    return {key: metrics[key] for key in headline_keys()}
+
+
+def headline_files(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+    """The headline as the DVC metric files hold it: row (t2v, t2v_rerank, v2t, v2t_rerank) -> {R1: ..., MnR: ...}."""
+    return {row: {name: metrics[f"{row}/{name}"] for name in HEADLINE_METRICS} for row in headline_rows()}
