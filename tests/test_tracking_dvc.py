@@ -2,10 +2,15 @@
 nests its runs under its own group run instead of beside the training experiment's."""
 
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from diffusionret import tracking
+from diffusionret.config import load_params
+from diffusionret.pipeline.evaluate import log_runs
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +90,34 @@ def test_experiments_open_on_the_run_table(store, tmp_path):
     url = tracking.run_table_url("http://127.0.0.1:5000/", "diffusionret/test")
     assert url == f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
     assert tracking.run_table_url("http://h:1", "diffusionret/never") == "http://h:1/#/experiments?workflowType=machine_learning"
+
+
+def test_evaluation_runs_of_an_experiment_reusing_a_model_go_under_its_group(store, tmp_path, monkeypatch):
+    """The evaluate stage's child runs (named `→ <B> · <postprocess>`, one metric name per row whatever the
+    post-processing) land under the experiment's group run, which also gets the test headline; the stage-1 run
+    trained elsewhere is left alone."""
+    reference = start_and_reference(tmp_path, "synthetic/disc")  # trained by plain `dvc repro`
+    monkeypatch.setenv("DVC_EXP_NAME", "eval-k16")
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    metrics = {}
+    for number, prefix in enumerate(["t2v", "t2v_rerank", "t2v_qbnorm", "t2v_rerank_qbnorm", "t2v_dsl",
+                                     "t2v_rerank_dsl", "v2t", "v2t_rerank", "v2t_qbnorm", "v2t_rerank_qbnorm",
+                                     "v2t_dsl", "v2t_rerank_dsl"]):
+        for offset, name in enumerate(["R1", "R5", "R10", "R50", "MdR", "MnR"]):
+            metrics[f"{prefix}/{name}"] = 10.0 * number + offset
+    metrics["chance/t2v/R1"] = 0.5
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    cell = SimpleNamespace(bank_captions=np.arange(3), bank_videos=np.arange(2))
+    found = log_runs("synthetic", "synthetic", cell, metrics, params, reference, tmp_path, tmp_path)
+
+    group = found["mlflow_parent"]
+    assert group != reference["run_id"] and group == tracking.evaluation_parent(reference)
+    for postprocess, run_id in found["mlflow_runs"].items():
+        run = store.get_run(run_id)
+        assert run.data.tags["mlflow.parentRunId"] == group and run.data.tags["postprocess"] == postprocess
+        assert run.info.run_name == f"eval-k16 · → synthetic · {postprocess}"
+        suffix = "" if postprocess == "none" else f"_{postprocess}"
+        assert run.data.metrics["t2v/R1"] == metrics[f"t2v{suffix}/R1"]
+        assert run.data.metrics["v2t_rerank/MnR"] == metrics[f"v2t_rerank{suffix}/MnR"]
+    assert store.get_run(group).data.metrics["test/t2v_rerank/R1"] == metrics["t2v_rerank/R1"]
+    assert not any(key.startswith("test/") for key in store.get_run(reference["run_id"]).data.metrics)
