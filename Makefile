@@ -37,7 +37,9 @@ test: $(STAMP)
 faults: $(STAMP)
 	$(PY) benchmarks/faults.py
 
+# Prints the run table's address first (MLflow 3's home page opens on GenAI traces, not on training runs).
 mlflow-ui: $(STAMP)
+	@echo "runs of the default experiment: $$(diffusionret mlflow-url --base http://127.0.0.1:5000 2>/dev/null)"
 	mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000 --workers 1
 
 # Paper presets (configs/presets/): the official recipe of one benchmark, e.g. `make paper PRESET=msrvtt-9k-vitb32`.

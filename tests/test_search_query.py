@@ -362,6 +362,17 @@ def test_page_is_served_and_loads_only_local_assets(world, searcher):
         hit = json.loads(fetch(f"{base}/api/search?q=a+red+cross&top=1")[2])["queries"][0]["hits"][0]
         status, headers, png = fetch(f"{base}/thumbs/{hit['sha256']}.png")
         assert status == 200 and headers["Content-Type"] == "image/png" and png.startswith(b"\x89PNG\r\n")
+        video = world["root"] / "videos" / hit["path"]
+        data = video.read_bytes()
+        status, headers, whole = fetch(f"{base}/videos/{hit['sha256']}")
+        assert status == 200 and whole == data and headers["Content-Type"] == "video/mp4"
+        request = urllib.request.Request(f"{base}/videos/{hit['sha256']}", headers={"Range": "bytes=100-299"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert response.status == 206 and response.read() == data[100:300]
+            assert response.headers["Content-Range"] == f"bytes 100-299/{len(data)}"
+        assert fetch(f"{base}/videos/{'0' * 64}")[0] == 404
+        assert fetch(f"{base}/videos/..%2Findex.json")[0] == 404
+        assert len(hit["frame_times_s"]) >= 1 and hit["frame_times_s"][0] == 0.0
         assert fetch(f"{base}/thumbs/..%2Findex.json")[0] == 404
         assert fetch(f"{base}/thumbs/{'0' * 64}.png")[0] == 404
         assert fetch(f"{base}/nothing-here")[0] == 404

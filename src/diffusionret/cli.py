@@ -6,6 +6,7 @@
     diffusionret search --index INDEX_DIR "query text" [--top 10] [--rerank/--no-rerank] [--json]
     diffusionret serve --index INDEX_DIR [--port 8765]
     diffusionret preset list | show NAME | apply NAME | run NAME [--backbone DIR_OR_HUB_ID] [-S key=value ...]
+    diffusionret mlflow-url [--base http://127.0.0.1:5000]   (the run table of the first trained benchmark)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from diffusionret import tracking
 from diffusionret.config import ConfigError, Params, params_from_dict
 
 
@@ -305,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     check.add_argument("--json", action="store_true")
     _add_preset_parser(commands)
+    url = commands.add_parser("mlflow-url", help="print the address of the MLflow run table of the first "
+                                                 "trained benchmark (classic, model-training view)")
+    url.add_argument("--base", default="http://127.0.0.1:5000", help="where `mlflow ui` / `mlflow server` listens")
+    url.add_argument("--params", type=Path, default=Path("params.yaml"))
     from diffusionret.search import commands as search_commands  # parsers only; heavy imports on use
 
     search_commands.add_commands(commands)
@@ -328,6 +334,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if result["complete"] else 1
         elif args.command == "preset":
             return run_preset(args)
+        elif args.command == "mlflow-url":
+            params = load_with_overrides(args.params, [])
+            tracking.configure(params.tracking.tracking_uri, params.tracking.artifact_root,
+                               args.params.resolve().parent)
+            experiment = f"{params.tracking.experiment_prefix}/{params.train.benchmarks[0]}"
+            print(tracking.run_table_url(args.base, experiment))
     except (ConfigError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -70,15 +70,20 @@ def sample_frame_indices(num_video_frames: int, video_fps: float, sample_fps: fl
     if video_fps <= 0 or sample_fps <= 0 or max_frames < 1:
         raise ValueError(f"need video_fps > 0, sample_fps > 0, max_frames >= 1; got {video_fps}, {sample_fps}, "
                          f"{max_frames}")
-    duration = num_video_frames / video_fps
-    start = min(max(start_s or 0.0, 0.0), duration)
-    end = duration if end_s is None else min(max(end_s, 0.0), duration)
+    times = sample_times(num_video_frames / video_fps, sample_fps, max_frames, start_s, end_s)
+    return np.minimum(np.floor(times * video_fps + 1e-6).astype(np.int64), num_video_frames - 1)
+
+
+def sample_times(duration_s: float, sample_fps: float, max_frames: int, start_s: float | None = None,
+                 end_s: float | None = None) -> np.ndarray:
+    """The times (s) that `sample_frame_indices` reads in a video of `duration_s` seconds (its rule, in seconds)."""
+    start = min(max(start_s or 0.0, 0.0), duration_s)
+    end = duration_s if end_s is None else min(max(end_s, 0.0), duration_s)
     count = max(math.ceil((end - start) * sample_fps - 1e-9), 1)  # times t < end; tolerance for float error
     times = start + np.arange(count) / sample_fps
-    indices = np.minimum(np.floor(times * video_fps + 1e-6).astype(np.int64), num_video_frames - 1)
-    if len(indices) > max_frames:
-        indices = indices[np.linspace(0, len(indices) - 1, max_frames).astype(np.int64)]
-    return indices
+    if len(times) > max_frames:
+        times = times[np.linspace(0, len(times) - 1, max_frames).astype(np.int64)]
+    return times
 
 
 def decode_with_decord(path: Path, choose: Callable[[int, float], np.ndarray]) -> np.ndarray:

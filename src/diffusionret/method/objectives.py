@@ -135,4 +135,5 @@ class GenerationObjective(nn.Module):
         # logged values are this process's share; the loop averages them over processes (times W = global mean)
         scale = self.partition.world_size
         return {"loss/generative": total * scale, "loss/generative_t2v": parts_sum["t2v"] * scale,
-                "loss/generative_v2t": parts_sum["v2t"] * scale, "loss/contrastive": contrastive}
+                "loss/generative_v2t": parts_sum["v2t"] * scale,
+                "frozen_extractor/loss_contrastive": contrastive}  # not trained here: not under loss/

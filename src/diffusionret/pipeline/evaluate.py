@@ -8,11 +8,14 @@ matrices: every post-processed row can be recomputed from them; OOD per-query sc
 `ood__<direction>__<id|ood>__<score>`, `ood__t2v__id_correct`), curves.npz (R@K for every K, per row and draw,
 for the report's plots), cell.json (what was evaluated, how, and the MLflow run ids).
 
-MLflow: one child run per (cell, postprocess) under A's stage-1 run, named `→ <B> · <postprocess>` and tagged
-eval_benchmark, ood, postprocess (none | qbnorm | dsl), transductive, selection. Every child run logs the SAME
-metric names (`t2v/R1`, `t2v_rerank/R1`, ...; the post-processing is the tag), so runs compare column by column;
-OOD-detection and chance metrics go to the postprocess=none run. The in-distribution cell (A = B) also logs its
-headline metrics to the stage-1 run as `test/<key>`, so that run's collapsed row shows results.
+MLflow: one child run per (cell, postprocess) under A's stage-1 run, named `→ <B> · <postprocess>` (led by the DVC
+experiment's name during `dvc exp run`) and tagged eval_benchmark, ood, postprocess (none | qbnorm | dsl),
+transductive, selection, dvc_experiment. A DVC experiment that re-uses a stage-1 model it did not train nests its
+child runs under its own group run below that stage-1 run instead (`tracking.evaluation_parent`). Every child run
+logs the SAME metric names (`t2v/R1`, `t2v_rerank/R1`, ...; the post-processing is the tag), so runs compare column
+by column; OOD-detection and chance metrics go to the postprocess=none run. The in-distribution cell (A = B) also
+logs its headline metrics to the parent (the stage-1 run, or the group run) as `test/<key>`, so that run's
+collapsed row shows results.
 """
 
 from __future__ import annotations
@@ -99,11 +102,15 @@ def describe_cell(trained: str, evaluated: str, cell: CellScores, metrics: dict[
 
 
 def log_runs(trained: str, evaluated: str, cell: CellScores, metrics: dict[str, float], params: Params,
-             parent: dict, out_dir: Path, repo_root: Path) -> dict[str, str]:
-    """One MLflow child run per post-processing (same metric names in each); returns postprocess -> run id."""
+             parent: dict, out_dir: Path, repo_root: Path) -> dict:
+    """One MLflow child run per post-processing (same metric names in each), under `tracking.evaluation_parent`;
+    returns {"mlflow_parent": that run's id, "mlflow_runs": postprocess -> run id}."""
     settings, post = params.eval, params.postprocess
     ood = trained != evaluated
     tracking.configure(params.tracking.tracking_uri, params.tracking.artifact_root, repo_root)
+    # the stage-1 run, or this DVC experiment's group run under it when the experiment re-uses a model it did not
+    # train (so another experiment's runs are never mixed with, nor overwritten by, this one's)
+    nest_under = tracking.evaluation_parent(parent)
     run_ids = {}
     for postprocess in POSTPROCESSES:
         tags = {"stage": "evaluate", "train_benchmark": trained, "eval_benchmark": evaluated,
@@ -113,7 +120,7 @@ def log_runs(trained: str, evaluated: str, cell: CellScores, metrics: dict[str, 
                 else "checkpoints selected on val", "num_samples": settings.num_samples,
                 "faithful_msvd_grouping": str(settings.faithful_msvd_grouping).lower(), "split": "test",
                 "dvc_stage": f"evaluate@{trained}-{evaluated}", "git_commit": tracking.git_commit(repo_root)}
-        with tracking.start_run(experiment=parent["experiment"], tags=tags, parent_run_id=parent["run_id"],
+        with tracking.start_run(experiment=parent["experiment"], tags=tags, parent_run_id=nest_under,
                                 run_name=f"→ {evaluated} · {postprocess}"):
             tracking.log_params({**{f"eval.{key}": getattr(settings, key) for key in EVAL_KEYS},
                                  **{f"postprocess.{key}": value for key, value in flatten(post).items()},
@@ -123,11 +130,10 @@ def log_runs(trained: str, evaluated: str, cell: CellScores, metrics: dict[str, 
             run_ids[postprocess] = tracking.active_run_id()
             if postprocess == "none":
                 tracking.log_artifacts([out_dir / "metrics.json"])
-    if not ood:  # the stage-1 run's collapsed row shows its in-distribution test results
-        with tracking.start_run(experiment=parent["experiment"], run_name="", tags={},
-                                resume_run_id=parent["run_id"]):
+    if not ood:  # the parent's collapsed row shows its in-distribution test results
+        with tracking.start_run(experiment=parent["experiment"], run_name="", tags={}, resume_run_id=nest_under):
             tracking.log_metrics({f"test/{key}": value for key, value in headline_metrics(metrics).items()})
-    return run_ids
+    return {"mlflow_parent": nest_under, "mlflow_runs": run_ids}
 
 
 def evaluate_cell(trained: str, evaluated: str, params: Params, paths: Paths, repo_root: Path) -> dict:
@@ -155,6 +161,6 @@ def evaluate_cell(trained: str, evaluated: str, params: Params, paths: Paths, re
         write_json(out_dir / "headline" / f"{row}.json", values)
     parent = tracking.read_run_reference(paths.disc_model(trained) / "mlflow_run.json")
     description = describe_cell(trained, evaluated, cell, metrics, params, parent)
-    description["mlflow_runs"] = log_runs(trained, evaluated, cell, metrics, params, parent, out_dir, repo_root)
+    description.update(log_runs(trained, evaluated, cell, metrics, params, parent, out_dir, repo_root))
     write_json(out_dir / "cell.json", description)
     return metrics

@@ -4,7 +4,8 @@ Reads eval/<A>__<B>/{metrics.json, cell.json, curves.npz} for A in train.benchma
 and plots/<A>/{disc,gen}_loss.csv. Writes one paper-style table per in-distribution benchmark, the OOD
 grid, the OOD-query-detection tables and a table per OOD cell, the figures (DVC image plots: recall, ranks,
 and for an OOD cell the in- vs out-of-distribution score histograms from scores.npz), and attaches the
-report and the figures of each trained benchmark to its stage-1 MLflow run (artifact folder `report/`);
+report and the figures of each trained benchmark to its stage-1 MLflow run (artifact folder `report/`), or, in a
+DVC experiment that did not train that model, to the experiment's own evaluation group run under it;
 the histograms also go to the cell's postprocess=none child run (artifact folder `ood_detect/`).
 """
 
@@ -61,8 +62,9 @@ def ood_figures(result: CellResult, paths: Paths, figures_dir: Path) -> list[Pat
         prefix = OOD_DETECT[direction][0]
         auroc = {name: result.metrics.get(f"{prefix}/{name}/auroc") for name in scores}
         key = f"{result.trained}__{result.evaluated}"
+        top_k = min(int(result.info["rerank"]["k"]), int(result.info["num_videos"]))  # what the generator re-ranks
         found.append(ood_histogram_figure(scores, f"{result.trained} → {result.evaluated}: {direction} queries",
-                                          figures_dir / f"{key}_ood_{direction}.png", auroc))
+                                          figures_dir / f"{key}_ood_{direction}.png", auroc, num_candidates=top_k))
     return found
 
 
@@ -98,7 +100,8 @@ def build_report(params: Params, paths: Paths, repo_root: Path) -> Path:
     markdown, results, figures = write_report(params, paths, repo_root / "reports")
     tracking.configure(params.tracking.tracking_uri, params.tracking.artifact_root, repo_root)
     for source in params.train.benchmarks:
-        run_id = next(r.info["parent_run"]["run_id"] for r in results if r.trained == source)
+        # the stage-1 run, or this DVC experiment's evaluation group when it did not train the model
+        run_id = tracking.evaluation_parent(next(r.info["parent_run"] for r in results if r.trained == source))
         own = [path for key, found in figures.items() if key == source or key.startswith(f"{source}__")
                for path in found]
         tracking.log_artifacts_to_run(run_id, [markdown], artifact_path="report")

@@ -43,11 +43,11 @@ class RunLogger:
     """The MLflow run of one training stage; resumes the same run id after a kill, without duplicate steps."""
 
     def __init__(self, accelerator, params: Params, repo_root: Path, *, experiment: str, run_name: str,
-                 tags: dict[str, Any], state: TrainingState, curve: str, parent_run_id: str | None = None):
+                 tags: dict[str, Any], state: TrainingState, curve: str, parent_reference: dict | None = None):
         self.accelerator, self.state, self.curve = accelerator, state, curve
         self.main = accelerator.is_main_process
         self.experiment = f"{params.tracking.experiment_prefix}/{experiment}"
-        self.run_name, self.tags, self.parent_run_id = run_name, tags, parent_run_id
+        self.run_name, self.tags, self.parent_reference = run_name, tags, parent_reference
         self.params, self.repo_root = params, repo_root
         self.run_id: str | None = None
         self.resumed = False
@@ -64,8 +64,11 @@ class RunLogger:
         self.uri = tracking.configure(self.params.tracking.tracking_uri, self.params.tracking.artifact_root,
                                       self.repo_root)
         previous = self._previous_run_id()
+        # stage 2 nests under the stage-1 run, or under this DVC experiment's group when it did not train stage 1
+        parent = tracking.evaluation_parent(self.parent_reference) if self.parent_reference and not previous else None
         self._context = tracking.start_run(experiment=self.experiment, run_name=self.run_name, tags=self.tags,
-                                           parent_run_id=self.parent_run_id, resume_run_id=previous)
+                                           parent_run_id=parent, resume_run_id=previous,
+                                           log_system_metrics=True)
         self._context.__enter__()
         self.run_id = tracking.active_run_id()
         if previous:
@@ -96,6 +99,13 @@ class RunLogger:
         tracking.log_metrics(summary)
         tracking.set_tags(tags)
         tracking.write_run_reference(run_reference, self.run_id, self.experiment, self.uri)
+
+
+def stage_params(params: Params, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The flattened params under `keys` (sections or single values, e.g. `train`, `eval.rerank_k`): what a
+    stage reads, so a run's params show its own settings and not, say, every benchmark's."""
+    flat = flatten(params)
+    return {key: value for key, value in flat.items() if any(key == k or key.startswith(f"{k}.") for k in keys)}
 
 
 def make_optimizer(settings, model: torch.nn.Module, clip_module: torch.nn.Module | None):

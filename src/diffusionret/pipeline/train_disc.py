@@ -13,7 +13,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from diffusionret import tracking
-from diffusionret.config import Params, batches_per_epoch, flatten, resolve_schedule
+from diffusionret.config import Params, batches_per_epoch, resolve_schedule
 from diffusionret.data.batches import StepBatchSampler
 from diffusionret.data.datasets import CaptionVideoDataset
 from diffusionret.data.frames import FrameCache, load_frame_cache
@@ -28,7 +28,7 @@ from diffusionret.model.extractor import FeatureExtractor, build_feature_extract
 from diffusionret.model.tokenizer import load_tokenizer, tokenize, train_bpe_tokenizer
 from diffusionret.pipeline.paths import Paths
 from diffusionret.pipeline.runs import (NOT_AFFECTING_WEIGHTS, RunLogger, fingerprint, loop_settings, make_accelerator,
-                                        make_optimizer, partition, seed_everything)
+                                        make_optimizer, partition, seed_everything, stage_params)
 from diffusionret.training.loop import TrainingState, run_training
 
 
@@ -110,12 +110,14 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
                              "git_commit": tracking.git_commit(repo_root)},
                        state=state, curve="loss/contrastive")
     with logger:
-        logger.log_params(flatten(params))
+        logger.log_params(stage_params(params, (f"benchmarks.{name}", "preprocess", "model", "train",
+                                                "eval.batch_size", "eval.chunk_size", "eval.selection")))
         result = run_training(
             accelerator=accelerator, objective=ContrastiveObjective(extractor, split), trainable=extractor,
             optimizer=optimizer, scheduler=scheduler, batches=batches, validate=validate,
             settings=loop_settings(settings, per_epoch), state=state, log_metrics=logger.log_metrics,
             after_step=extractor.clamp_logit_scale_, extra_state=logger.extra_state,
+            validation_metric="t2v_R1",
         )
         if accelerator.is_main_process:
             metadata = {

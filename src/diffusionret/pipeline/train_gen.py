@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from diffusionret import tracking
-from diffusionret.config import Params, batches_per_epoch, flatten, resolve_schedule
+from diffusionret.config import Params, batches_per_epoch, resolve_schedule
 from diffusionret.data.batches import global_batch_indices, local_slice
 from diffusionret.evaluation.metrics import recall_metrics
 from diffusionret.evaluation.scoring import RerankSettings, score_queries
@@ -26,7 +26,7 @@ from diffusionret.model.denoiser import Generator
 from diffusionret.model.extractor import FeatureExtractor
 from diffusionret.pipeline.paths import Paths
 from diffusionret.pipeline.runs import (NOT_AFFECTING_WEIGHTS, RunLogger, fingerprint, loop_settings, make_accelerator,
-                                        make_optimizer, partition, seed_everything)
+                                        make_optimizer, partition, seed_everything, stage_params)
 from diffusionret.training.loop import Progress, TrainingState, run_training
 
 
@@ -97,7 +97,7 @@ def train_gen(name: str, params: Params, paths: Paths, repo_root: Path) -> dict:
     state = TrainingState(paths.partial("train_gen", name),
                           fingerprint(settings, params.diffusion, rerank_settings, {"seed": params.train.seed},
                                       exclude=NOT_AFFECTING_WEIGHTS))
-    parent = tracking.read_run_reference(paths.disc_model(name) / "mlflow_run.json")["run_id"]
+    parent = tracking.read_run_reference(paths.disc_model(name) / "mlflow_run.json")
     logger = RunLogger(accelerator, params, repo_root, experiment=name, run_name=f"{name}/gen",
                        tags={"stage": "gen", "benchmark": name, "seed": params.train.seed,
                              "world_size": accelerator.num_processes, "global_batch": settings.global_batch,
@@ -105,14 +105,17 @@ def train_gen(name: str, params: Params, paths: Paths, repo_root: Path) -> dict:
                              "micro_batches": split.micro_batches, "diffusion_steps": params.diffusion.steps,
                              "selection": params.eval.selection, "steps": settings.steps,
                              "steps_per_epoch": per_epoch, "git_commit": tracking.git_commit(repo_root)},
-                       state=state, curve="loss/generative", parent_run_id=parent)
+                       state=state, curve="loss/generative", parent_reference=parent)
     with logger:
-        logger.log_params(flatten(params))
+        logger.log_params(stage_params(params, ("train.seed", "train.precision", "train_gen", "diffusion",
+                                                "eval.rerank_k", "eval.rerank_temperature", "eval.rerank_alpha",
+                                                "eval.seed", "eval.chunk_size", "eval.selection")))
         result = run_training(
             accelerator=accelerator, objective=objective, trainable=generator, optimizer=optimizer,
             scheduler=scheduler, batches=batches, validate=validate, settings=loop_settings(settings, per_epoch),
             state=state, log_metrics=logger.log_metrics, on_resume=restore_noise,
             extra_state=lambda: {**logger.extra_state(), "noise_rng": noise.get_state().tolist()},
+            validation_metric="t2v_rerank_R1",
         )
         if accelerator.is_main_process:
             out_dir = paths.gen_model(name)

@@ -56,6 +56,52 @@ async function loadInfo() {
     ' (' + info.model.dir + ')' + (info.failures ? ' | ' + info.failures + ' undecodable files skipped' : '');
 }
 
+function videoUrl(hit) {
+  return '/videos/' + hit.sha256;
+}
+
+// The strip PNG holds the sampled frames side by side (square frames); each is shown in its own tile, with a
+// gap between tiles and the time it was sampled at, so motion reads frame by frame.
+function frameStrip(hit) {
+  const strip = element('div', 'frames');
+  strip.title = 'frames the model saw; click to play the video';
+  const image = new Image();
+  image.alt = 'sampled frames of ' + hit.path;
+  image.addEventListener('load', () => {
+    const count = Math.max(1, Math.round(image.naturalWidth / image.naturalHeight));
+    const times = hit.frame_times_s && hit.frame_times_s.length === count ? hit.frame_times_s : null;
+    for (let i = 0; i < count; i++) {
+      const figure = element('figure', 'frame');
+      const window_ = element('div', 'tile');
+      const copy = image.cloneNode();
+      copy.style.transform = 'translateX(' + (-100 * i / count) + '%)';
+      window_.append(copy);
+      figure.append(window_);
+      figure.append(element('figcaption', null, times ? times[i].toFixed(1) + ' s' : 'frame ' + (i + 1)));
+      strip.append(figure);
+    }
+  });
+  image.src = '/thumbs/' + hit.sha256 + '.png';
+  strip.addEventListener('click', () => playInPlace(strip.parentNode, hit));
+  return strip;
+}
+
+// Replace the frames of a result by a player of the file itself (the server answers range requests: seeking works).
+function playInPlace(box, hit) {
+  const existing = box.querySelector('video');
+  if (existing) { existing.play(); return; }
+  const video = element('video', 'player');
+  video.controls = true;
+  video.autoplay = true;
+  video.preload = 'metadata';
+  video.src = videoUrl(hit);
+  video.addEventListener('error', () => {
+    box.append(element('div', 'meta', 'the browser cannot play this file here; use the link to open it'));
+  });
+  const strip = box.querySelector('.frames');
+  if (strip) strip.replaceWith(video); else box.append(video);
+}
+
 function card(hit, reranked) {
   const box = element('article', 'hit');
   const head = element('div', 'hit-head');
@@ -67,12 +113,22 @@ function card(hit, reranked) {
   }
   head.append(element('span', 'score', 'score ' + hit.score.toFixed(4)));
   box.append(head);
-  const strip = element('img', 'strip');
-  strip.src = '/thumbs/' + hit.sha256 + '.png';
-  strip.alt = 'sampled frames of ' + hit.path;
-  box.append(strip);
-  box.append(element('div', 'path', hit.path));
-  if (hit.duration_s !== null) box.append(element('div', 'meta', hit.duration_s.toFixed(1) + ' s'));
+  box.append(frameStrip(hit));
+  const path = element('div', 'path');
+  const open = element('a', 'open', hit.path);
+  open.href = videoUrl(hit);
+  open.target = '_blank';
+  open.rel = 'noopener';
+  open.title = 'open the video file in a new tab';
+  path.append(open);
+  box.append(path);
+  const meta = element('div', 'meta');
+  if (hit.duration_s !== null) meta.append(hit.duration_s.toFixed(1) + ' s ');
+  const play = element('button', 'play', '\u25b6 play');
+  play.type = 'button';
+  play.addEventListener('click', () => playInPlace(box, hit));
+  meta.append(play);
+  box.append(meta);
   return box;
 }
 
@@ -121,10 +177,16 @@ button { font-size: 1rem; padding: .4rem 1rem; }
 .rank { font-weight: bold; font-size: 1.1rem; }
 .stage1 { color: #555; }
 .score { margin-left: auto; font-family: ui-monospace, monospace; }
-.strip { display: block; width: 100%; height: 4.5rem; object-fit: contain; object-position: left;
-         image-rendering: pixelated; background: #222; margin: .4rem 0; }
+.frames { display: flex; flex-wrap: wrap; gap: .35rem; margin: .4rem 0; cursor: pointer; }
+.frame { margin: 0; text-align: center; }
+.tile { width: 3.6rem; height: 3.6rem; overflow: hidden; background: #222; border-radius: 2px; }
+.tile img { height: 100%; width: auto; display: block; image-rendering: pixelated; }
+.frame figcaption { font-size: .7rem; color: #555; font-family: ui-monospace, monospace; }
+.player { display: block; width: 100%; max-height: 14rem; background: #000; margin: .4rem 0; }
 .path { font-family: ui-monospace, monospace; font-size: .8rem; word-break: break-all; }
-.meta { color: #777; font-size: .75rem; }
+.path a { color: inherit; }
+.meta { color: #777; font-size: .75rem; display: flex; gap: .6rem; align-items: center; }
+.play { font-size: .75rem; padding: .1rem .5rem; }
 """
 
 ASSETS = {  # URL path -> (content type, body)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from diffusionret.data.frames import sample_times
 from diffusionret.evaluation.scoring import RerankSettings, ScoreFn, score_queries
 from diffusionret.features.encode import encode_captions
 from diffusionret.model.extractor import TextFeatures, VideoFeatures
@@ -50,6 +51,7 @@ class Hit:
     stage1_score: float
     sha256: str
     duration_s: float | None
+    frame_times_s: list[float] | None = None  # when each frame of the strip was sampled (None: duration unknown)
 
 
 @dataclass
@@ -160,6 +162,14 @@ class Searcher:
                 "model": {**manifest["model"], "dir": shown_path(manifest["model"]["dir"])},
                 "frames": manifest["frames"], "updated": manifest["updated"], "failures": len(manifest["failures"])}
 
+    def _frame_times(self, entry: dict) -> list[float] | None:
+        """The sampling times of an indexed video's frames (preprocess's rule at the model's fps / max_frames)."""
+        if not entry.get("duration_s"):
+            return None
+        settings = self.model.frames
+        times = sample_times(entry["duration_s"], settings.sample_fps, settings.max_frames)
+        return [round(float(t), 2) for t in times] if len(times) == entry.get("frames") else None
+
     def encode_queries(self, queries: list[str]) -> TextFeatures:
         """Token features, mask and sentence feature of each query: (Q, L, D), (Q, L), (Q, D)."""
         ids, mask = tokenize(self.model.tokenizer, queries, self.model.max_words)  # (Q, L)
@@ -233,7 +243,8 @@ class Searcher:
                 entry = self.index.entries[int(videos[position])]
                 hits.append(Hit(rank=rank, path=entry["path"], score=float(final[position]),
                                 stage1_rank=position + 1, stage1_score=float(stage1[position]),
-                                sha256=entry["sha256"], duration_s=entry["duration_s"]))
+                                sha256=entry["sha256"], duration_s=entry["duration_s"],
+                                frame_times_s=self._frame_times(entry)))
             results.append(QueryResult(query=queries[q], hits=hits, reranked=rerank, method=method,
                                        scored=len(pool), timings_ms={"encode": round(encode_ms, 2),
                                                                      "stage1": round(stage1_ms, 2),

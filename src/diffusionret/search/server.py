@@ -5,6 +5,7 @@
     GET  /api/search?q=...      one or more `q`; optional top, rerank (0/1), rerank_k, seed, approximate, candidates
     POST /api/search            the same as JSON: {"queries": [...], "top": 10, "rerank": true, ...}
     GET  /thumbs/<sha256>.png   the strip of sampled frames of a video
+    GET  /videos/<sha256>       the indexed video file itself, with HTTP range requests (the player seeks)
 
 /api/search answers exactly what `diffusionret search --json` prints. Standard library only
 (http.server.ThreadingHTTPServer); it listens on 127.0.0.1 unless told otherwise, and its Content-Security-Policy
@@ -22,7 +23,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import mimetypes
+import re
 from http import HTTPStatus
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -36,6 +40,61 @@ MAX_QUERIES = 256  # queries per request (each is encoded and, by default, re-ra
 REQUEST_TIMEOUT_S = 30.0  # a socket that sends nothing for this long is closed (idle, or a body cut short)
 CSP = "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'"
 TRUE, FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+CHUNK = 1 << 20
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The inclusive (first, last) byte of a `Range: bytes=a-b` header (also `a-` and the suffix `-n`) within
+    a file of `size` bytes; None for no header or a form this server does not serve (several ranges), which
+    is answered with the whole file. Raises ValueError for a range outside the file (answered with 416)."""
+    match = RANGE.match(header.strip()) if header else None
+    if match is None or match.group(1) == match.group(2) == "":
+        return None
+    first, last = match.groups()
+    if first == "":  # the last n bytes
+        length = int(last)
+        if length == 0 or size == 0:
+            raise ValueError(f"empty suffix range of a {size}-byte file")
+        return max(size - length, 0), size - 1
+    start = int(first)
+    end = size - 1 if last == "" else min(int(last), size - 1)
+    if start >= size or end < start:
+        raise ValueError(f"bytes {first}-{last} are outside a {size}-byte file")
+    return start, end
+
+
+def send_file(handler: BaseHTTPRequestHandler, path: Path, content_type: str) -> None:
+    """Send a file, honouring a single `Range` (206 + Content-Range; 416 outside the file), streamed in chunks."""
+    size = path.stat().st_size
+    try:
+        wanted = byte_range(handler.headers.get("Range"), size)
+    except ValueError:
+        handler.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+        handler.send_header("Content-Range", f"bytes */{size}")
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+        return
+    first, last = wanted if wanted is not None else (0, size - 1)
+    handler.send_response(HTTPStatus.PARTIAL_CONTENT if wanted is not None else HTTPStatus.OK)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Accept-Ranges", "bytes")
+    handler.send_header("Content-Length", str(max(last - first + 1, 0)))
+    if wanted is not None:
+        handler.send_header("Content-Range", f"bytes {first}-{last}/{size}")
+    handler.send_header("X-Content-Type-Options", "nosniff")
+    handler.end_headers()
+    with path.open("rb") as handle:
+        handle.seek(first)
+        remaining = last - first + 1
+        while remaining > 0:
+            block = handle.read(min(CHUNK, remaining))
+            if not block:
+                break
+            handler.wfile.write(block)
+            remaining -= len(block)
 
 
 class BadRequest(ValueError):
@@ -123,6 +182,8 @@ class SearchHandler(BaseHTTPRequestHandler):
             self._search(params.get("q", []), raw)
         elif url.path.startswith("/thumbs/"):
             self._thumb(url.path.removeprefix("/thumbs/"))
+        elif url.path.startswith("/videos/"):
+            self._video(url.path.removeprefix("/videos/"))
         else:
             self._json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {url.path}"})
 
@@ -190,6 +251,17 @@ class SearchHandler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.NOT_FOUND, {"error": f"no thumbnail {name}"})
             return
         self._send(HTTPStatus.OK, "image/png", path.read_bytes(), cache=True)
+
+    def _video(self, sha: str) -> None:
+        """An indexed video by content hash (only files the index lists are served)."""
+        index = self.server.searcher.index
+        entry = next((entry for entry in index.entries if entry["sha256"] == sha), None) \
+            if SHA256_PATTERN.match(sha) else None
+        path = Path(index.manifest["videos_root"]) / entry["path"] if entry else None
+        if path is None or not path.is_file():
+            self._json(HTTPStatus.NOT_FOUND, {"error": f"no indexed video {sha}"})
+            return
+        send_file(self, path, mimetypes.guess_type(path.name)[0] or "application/octet-stream")
 
     def _json(self, status: HTTPStatus, value) -> None:
         self._send(status, "application/json", json.dumps(value).encode())

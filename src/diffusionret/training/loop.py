@@ -269,6 +269,55 @@ def _truncate_log(path: Path, last_step: int) -> None:
         _append_log(path, row)
 
 
+class WindowMean:
+    """Running sums of the scalars of every step since the last log row: a logged loss is the mean over its
+    logging window (every step counts), not the value of the window's last batch.
+
+    The sums live on the scalars' device (no host sync per step) and are saved with the resumable state, so a
+    run resumed mid-window logs what an uninterrupted run would.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+
+    def add(self, scalars: dict[str, torch.Tensor]) -> None:
+        for name, value in scalars.items():
+            value = value.detach().float()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
+        self.steps += 1
+
+    def means(self) -> dict[str, torch.Tensor]:
+        """Mean of each scalar over the window; starts a new window."""
+        out = {name: total / self.steps for name, total in self.sums.items()}
+        self.sums, self.steps = {}, 0
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": {name: float(total) for name, total in self.sums.items()}, "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any], device) -> None:
+        self.sums = {name: torch.tensor(value, device=device) for name, value in state.get("sums", {}).items()}
+        self.steps = int(state.get("steps", 0))
+
+
+def learning_rates(param_groups: list[dict]) -> dict[str, float]:
+    """One curve per distinct learning rate: `lr` when every group with parameters shares one (the usual case),
+    else `lr/<group>` per distinct initial lr (e.g. `lr/clip`, `lr/other` with train.coef_lr != 1). The
+    decay / no-decay halves of a group always share their lr and are one curve."""
+    by_initial: dict[float, tuple[list[str], float]] = {}
+    for group in param_groups:
+        if not group["params"]:
+            continue
+        name = str(group.get("name", "group")).removesuffix("_no_decay").removesuffix("_decay")
+        names, _ = by_initial.setdefault(group.get("initial_lr", group["lr"]), ([], group["lr"]))
+        if name not in names:
+            names.append(name)
+    if len(by_initial) == 1:
+        return {"lr": next(iter(by_initial.values()))[1]}
+    return {f"lr/{'_'.join(names)}": lr for names, lr in by_initial.values()}
+
+
 def average_gradients(parameters: list[torch.nn.Parameter], world_size: int) -> None:
     """Average .grad over processes with one flat all-reduce (a no-op for a single process)."""
     if world_size == 1:
@@ -290,7 +339,8 @@ def run_training(*, accelerator, objective: torch.nn.Module, trainable: torch.nn
                  validate: Callable[[torch.nn.Module], float], settings: LoopSettings, state: TrainingState,
                  log_metrics: Callable[[dict[str, float], int], None], after_step: Callable[[], None] = lambda: None,
                  on_resume: Callable[[Progress], None] = lambda p: None,
-                 extra_state: Callable[[], dict[str, Any]] = dict) -> LoopResult:
+                 extra_state: Callable[[], dict[str, Any]] = dict,
+                 validation_metric: str = "metric") -> LoopResult:
     """Train `trainable` (inside `objective`) for settings.total_steps, resuming from `state` if present.
 
     Every `settings.val_every` steps both the raw weights and their EMA are validated; the better one so far is
@@ -299,22 +349,26 @@ def run_training(*, accelerator, objective: torch.nn.Module, trainable: torch.nn
     Args:
         accelerator: the `accelerate.Accelerator` of the run (device, processes, gradient averaging, checkpoints).
         objective: module whose `backward_step(batch)` runs forward + backward of this process's share of one
-            global batch and returns detached scalars to log (e.g. `method.objectives.ContrastiveObjective`).
+            global batch and returns detached scalars to log, each logged as its mean over the `log_every` steps
+            of a window (e.g. `method.objectives.ContrastiveObjective`).
         trainable: the module whose parameters are optimised and validated (inside `objective`).
         optimizer: optimiser over `trainable`'s parameters (`training.optim`).
         scheduler: LR scheduler stepped once per optimiser step.
         batches: `batches(start_step)` yields this process's batches from global step `start_step` on, so a
             resumed run continues the same sequence.
         validate: `validate(module)` returns the selection metric (higher is better) of a module with the same
-            structure as `trainable` (the raw weights or the EMA copy).
+            structure as `trainable` (the raw weights or the EMA copy), logged as `val/<validation_metric>_raw`
+            and `val/<validation_metric>_ema`.
         settings: steps, logging / validation / checkpoint intervals, gradient clipping, EMA decay.
         state: the resumable state on disk (checkpoints, best weights, the loss CSV).
         log_metrics: `log_metrics(values, step)` (main process only), e.g. to MLflow.
         after_step: called after every optimiser step (e.g. clamping the logit scale).
         on_resume: `on_resume(progress)` after a checkpoint is loaded (e.g. restoring a noise generator).
         extra_state: returns JSON-able extras saved with each checkpoint (read back in `progress.extra`).
+        validation_metric: the name of what `validate` returns (e.g. `t2v_R1`), used in the logged names.
     """
     progress = Progress()
+    window = WindowMean()
     fingerprint = state.fingerprint
     check_resumable(state, fingerprint)
     ema = ModelEMA(trainable, decay=settings.ema_decay)
@@ -325,6 +379,7 @@ def run_training(*, accelerator, objective: torch.nn.Module, trainable: torch.nn
     accelerator.wait_for_everyone()
     if state.exists():
         state.load(accelerator, progress, stateful)
+        window.load_state_dict(progress.extra.get("log_window", {}), accelerator.device)
         on_resume(progress)
         if accelerator.is_main_process:
             _truncate_log(state.log_csv, progress.step)
@@ -336,7 +391,7 @@ def run_training(*, accelerator, objective: torch.nn.Module, trainable: torch.nn
     def consider(module: torch.nn.Module, source: str, step: int) -> None:
         value = validate(module)
         if accelerator.is_main_process:
-            log_metrics({f"val/{source}": value}, step)
+            log_metrics({f"val/{validation_metric}_{source}": value}, step)
         if value > progress.best_value:
             progress.best_value, progress.best_source, progress.best_step = value, source, step
             if accelerator.is_main_process:
@@ -366,19 +421,18 @@ def run_training(*, accelerator, objective: torch.nn.Module, trainable: torch.nn
         optimizer.zero_grad(set_to_none=True)
         after_step()
         ema.update(trainable)
+        window.add(scalars)
         progress.step += 1
         window_steps += 1
         bar.update(1)
 
         if progress.step % settings.log_every == 0 or progress.step == settings.total_steps:
-            reduced = {name: accelerator.reduce(value.detach().float().to(accelerator.device), reduction="mean").item()
-                       for name, value in scalars.items()}
+            reduced = {name: accelerator.reduce(value.to(accelerator.device), reduction="mean").item()
+                       for name, value in window.means().items()}  # window mean, averaged over processes
             now = time.perf_counter()
             steps_per_second = window_steps / max(now - window_start, 1e-9)
             window_start, window_steps = now, 0
-            row = dict(reduced)
-            for group in optimizer.param_groups:
-                row[f"lr/{group.get('name', 'group')}"] = group["lr"]
+            row = {**reduced, **learning_rates(optimizer.param_groups)}
             row["perf/steps_per_second"] = steps_per_second
             if accelerator.is_main_process:
                 log_metrics(row, progress.step)
@@ -390,6 +444,7 @@ def run_training(*, accelerator, objective: torch.nn.Module, trainable: torch.nn
         if progress.step % settings.checkpoint_every == 0 or progress.step == settings.total_steps:
             progress.extra.update(extra_state())
             progress.extra["fingerprint"] = fingerprint
+            progress.extra["log_window"] = window.state_dict()
             state.save(accelerator, progress, settings.keep_checkpoints, stateful)
     bar.close()
     if progress.best_step < 0:  # a resumed run that had already finished
