@@ -135,7 +135,8 @@ def test_official_validation_cadence(raw):
 def test_training_loop_validates_at_the_extra_steps(tmp_path):
     from accelerate import Accelerator
 
-    from diffusionret.training.loop import LoopSettings, TrainingState, run_training
+    from diffusionret.training.loop import LoopSettings, run_training
+    from diffusionret.training.state import TrainingState
 
     model = torch.nn.Linear(2, 1)
 

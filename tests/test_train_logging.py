@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from diffusionret.training.loop import LoopSettings, TrainingState, learning_rates, run_training
+from diffusionret.training.loop import LoopSettings, learning_rates, run_training
+from diffusionret.training.state import TrainingState
 from diffusionret.training.optim import build_param_groups
 
 LOSSES = [5.0, 3.0, 4.0, 1.0, 2.0, 6.0, 0.5, 0.25, 7.0, 8.0]  # the loss of steps 1..10

@@ -24,7 +24,7 @@ def test_tracking_credentials_stay_out_of_mlflow_run_json_and_logged_params(tmp_
 
     from diffusionret import tracking
     from diffusionret.pipeline.runs import RunLogger
-    from diffusionret.training.loop import TrainingState
+    from diffusionret.training.state import TrainingState
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", SECRET_URI)  # how a user points training at a shared server
     monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)

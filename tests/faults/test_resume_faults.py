@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusionret.training.loop import LoopSettings, TrainingState, run_training
+from diffusionret.training.loop import LoopSettings, run_training
+from diffusionret.training.state import TrainingState
 from diffusionret.training.optim import build_optimizer, warmup_cosine_lambda
 
 pytestmark = pytest.mark.faults

@@ -12,7 +12,8 @@ import torch
 from diffusionret import tracking
 from diffusionret.config import Params, StageTrainParams, batch_partition, flatten
 from diffusionret.method.objectives import Partition
-from diffusionret.training.loop import LoopSettings, TrainingState
+from diffusionret.training.loop import LoopSettings
+from diffusionret.training.state import TrainingState
 from diffusionret.training.optim import (build_optimizer, build_param_groups, faithful_bertadam_param_groups,
                                          faithful_warmup_cosine_lambda, warmup_cosine_lambda)
 

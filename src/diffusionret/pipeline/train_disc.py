@@ -29,7 +29,8 @@ from diffusionret.model.tokenizer import load_tokenizer, tokenize, train_bpe_tok
 from diffusionret.pipeline.paths import Paths
 from diffusionret.pipeline.runs import (NOT_AFFECTING_WEIGHTS, RunLogger, fingerprint, loop_settings, make_accelerator,
                                         make_optimizer, partition, seed_everything, stage_params)
-from diffusionret.training.loop import TrainingState, run_training
+from diffusionret.training.loop import run_training
+from diffusionret.training.state import TrainingState
 
 
 def prepare_tokenizer(backbone: str, vocab_size: int, train_captions, out_dir: Path, accelerator):

@@ -27,7 +27,8 @@ from diffusionret.model.extractor import FeatureExtractor
 from diffusionret.pipeline.paths import Paths
 from diffusionret.pipeline.runs import (NOT_AFFECTING_WEIGHTS, RunLogger, fingerprint, loop_settings, make_accelerator,
                                         make_optimizer, partition, seed_everything, stage_params)
-from diffusionret.training.loop import Progress, TrainingState, run_training
+from diffusionret.training.loop import run_training
+from diffusionret.training.state import Progress, TrainingState
 
 
 def feature_batch(features: SplitFeatures, keys: torch.Tensor, indices: np.ndarray) -> dict[str, torch.Tensor]:
