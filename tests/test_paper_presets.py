@@ -149,7 +149,7 @@ def test_training_loop_validates_at_the_extra_steps(tmp_path):
     validated: list[int] = []
 
     def log_metrics(metrics, step):
-        if "val/raw" in metrics:
+        if "val/metric_raw" in metrics:  # `validation_metric` defaults to "metric"
             validated.append(step)
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

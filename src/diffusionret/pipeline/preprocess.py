@@ -78,7 +78,7 @@ def preprocess_benchmark(name: str, settings: BenchmarkParams, preprocess: Prepr
     check = check_benchmark(raw_dir, benchmark=name, reader=settings.reader, splits=settings.splits,
                             val_videos_from_train=carved_validation_videos(settings, selection), index=index,
                             id_prefix=id_prefix_of(settings), **({"extensions": extensions} if extensions else {}))
-    for stale in (out_dir / MISSING_FILE, out_dir / REPORT_FILE, paths.annotations(name, "val")):
+    for stale in (out_dir / MISSING_FILE, out_dir / REPORT_FILE):
         stale.unlink(missing_ok=True)
     splits = enforce_complete(check, allow_missing=allow_missing, missing_file=out_dir / MISSING_FILE,
                               where=str(raw_dir))
@@ -110,6 +110,8 @@ def preprocess_benchmark(name: str, settings: BenchmarkParams, preprocess: Prepr
                                 {v: spans[v] for v in kept.video_ids if v in spans})
         splits[split] = kept
         save_annotations(kept, paths.annotations(name, split))
+    if "val" not in splits:  # paper mode carves none: a val file of an earlier run must not linger (only now,
+        paths.annotations(name, "val").unlink(missing_ok=True)  # once the new cache is complete)
     counts = {split: {"videos": a.num_videos, "captions": a.num_captions} for split, a in splits.items()}
     report = {"splits": counts, "missing_videos": len(check.missing_ids), "undecodable_videos": len(failed),
               "annotated": check.counts()}
