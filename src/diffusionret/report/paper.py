@@ -30,8 +30,8 @@ PAPER_QBNORM = {
     "activitynet": _row((48.1, None, 85.7, 2.0, 6.8), (47.4, 76.3, 86.7, 2.0, None)),  # v2t MnR cut off
 }
 
-PAPER_SOURCE_NOTE = ("Paper rows: DiffusionRet (ICCV 2023), ViT-B/32, numbers as copied in the reference "
-                     "(§12.1, §12.2: DREAM 2024, DITS 2024, leaderboards); n/a = not available there.")
+PAPER_SOURCE_NOTE = ("Paper rows: DiffusionRet (ICCV 2023), ViT-B/32, as reported by the paper and copied by "
+                     "later papers (DREAM 2024, DITS 2024) and leaderboards; n/a = not available there.")
 
 
 def paper_rows(source: str) -> list[tuple[str, dict[str, float | None]]]:
