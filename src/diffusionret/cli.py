@@ -50,25 +50,33 @@ def count(module) -> int:
     return sum(parameter.numel() for parameter in module.parameters())
 
 
-def model_summary(params: Params) -> dict:
-    """Parameter counts per module of the extractor and the generator that `params` describe."""
+def _seeded_extractor(model):
+    """The extractor `model` (params.model) describes, initialised under seed 0 (lazy imports: see model_summary).
+
+    A named config is trained from scratch with our BPE (vocabulary tokenizer_vocab_size; ids 0/1/2 are
+    start/end/pad); a checkpoint brings its own vocabulary.
+    """
     import torch
 
-    # lazy: torch + the model stack take seconds to import (measured 20 s on a loaded 2-core machine; the
-    # parsers 0.4 s), and `diffusionret --help` / `data-check` never need them
     from diffusionret.model.backbone import NAMED_CLIP_CONFIGS
-    from diffusionret.model.denoiser import Generator
     from diffusionret.model.extractor import build_feature_extractor
 
-    model = params.model
-    # a named config is trained from scratch with our BPE (vocabulary tokenizer_vocab_size; ids 0/1/2 are
-    # start/end/pad); a checkpoint brings its own vocabulary
     special = {}
     if model.backbone in NAMED_CLIP_CONFIGS:
         special = dict(vocab_size=model.tokenizer_vocab_size, bos_token_id=0, eos_token_id=1, pad_token_id=2)
     torch.manual_seed(0)
-    extractor = build_feature_extractor(model.backbone, temporal=model.temporal,
-                                        temporal_layers=model.temporal_layers, head=model.head, **special)
+    return build_feature_extractor(model.backbone, temporal=model.temporal, temporal_layers=model.temporal_layers,
+                                   head=model.head, **special)
+
+
+def model_summary(params: Params) -> dict:
+    """Parameter counts per module of the extractor and the generator that `params` describe."""
+    # lazy: torch + the model stack take seconds to import (measured 20 s on a loaded 2-core machine; the
+    # parsers 0.4 s), and `diffusionret --help` / `data-check` never need them
+    from diffusionret.model.denoiser import Generator
+
+    model = params.model
+    extractor = _seeded_extractor(model)
     clip = extractor.backbone.clip
     width = extractor.backbone.width
     generator = Generator(width, frame_temperature=params.train_gen.frame_temperature)
@@ -94,21 +102,12 @@ def flops_summary(params: Params, benchmark: str | None, utilisation: float, epo
                   train_captions: int, train_videos: int, test_pairs: int) -> dict:
     """Counted FLOPs per clip and per step of both stages at params' model, batches and the benchmark's
     frames/words, and the GPU hours they imply for a workload (default: MSRVTT-9k, 5 epochs per stage)."""
-    import torch
-
     # lazy, as in model_summary: torch and the model stack only for this sub-command
-    from diffusionret.model.backbone import NAMED_CLIP_CONFIGS
-    from diffusionret.model.extractor import build_feature_extractor
     from diffusionret.profiling import flops
 
     model = params.model
     bench = params.benchmark(benchmark or params.train.benchmarks[0])
-    special = {}
-    if model.backbone in NAMED_CLIP_CONFIGS:
-        special = dict(vocab_size=model.tokenizer_vocab_size, bos_token_id=0, eos_token_id=1, pad_token_id=2)
-    torch.manual_seed(0)
-    extractor = build_feature_extractor(model.backbone, temporal=model.temporal,
-                                        temporal_layers=model.temporal_layers, head=model.head, **special)
+    extractor = _seeded_extractor(model)
     stage1 = flops.stage1_flops(extractor, batch=params.train.global_batch, frames=bench.max_frames,
                                 words=bench.max_words)
     stage2 = flops.stage2_flops(extractor, batch=params.train_gen.global_batch, frames=bench.max_frames,
