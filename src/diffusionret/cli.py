@@ -19,24 +19,22 @@ from pathlib import Path
 import yaml
 
 from diffusionret import tracking
-from diffusionret.config import ConfigError, Params, params_from_dict
+from diffusionret.config import ConfigError, Params, params_from_dict, split_override
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply `dvc exp run -S`-style `dotted.key=value` overrides (values parsed as YAML) to raw params."""
     for override in overrides:
-        if "=" not in override:
-            raise ConfigError(f"override `{override}` must look like `section.key=value`")
-        dotted, text = override.split("=", 1)
+        parts, value = split_override(override)
+        dotted = ".".join(parts)
         node = raw
-        parts = dotted.split(".")
         for part in parts[:-1]:
             if not isinstance(node.get(part), dict):
                 raise ConfigError(f"override `{dotted}`: `{part}` is not a section of params.yaml")
             node = node[part]
         if parts[-1] not in node:
             raise ConfigError(f"override `{dotted}`: unknown key `{parts[-1]}`")
-        node[parts[-1]] = yaml.safe_load(text)
+        node[parts[-1]] = value
     return raw
 
 

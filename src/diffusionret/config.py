@@ -37,6 +37,14 @@ class ConfigError(ValueError):
     """A parameter is unknown, of the wrong type, or out of range."""
 
 
+def split_override(override: str) -> tuple[list[str], Any]:
+    """A `dvc exp run -S`-style `section.key=value` string -> (["section", "key"], value read as YAML)."""
+    if "=" not in override:
+        raise ConfigError(f"override `{override}` must look like `section.key=value`")
+    dotted, text = override.split("=", 1)
+    return dotted.split("."), yaml.safe_load(text)
+
+
 def _fail(path: str, value: Any, allowed: str) -> typing.NoReturn:
     raise ConfigError(f"params: `{path}` = {value!r} is not allowed; expected {allowed}")
 

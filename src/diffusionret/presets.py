@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from diffusionret.config import ConfigError
+from diffusionret.config import ConfigError, split_override
 
 PRESETS_DIR = Path("configs/presets")
 BASE_KEY, PARAMS_KEY, VARIANTS_KEY = "base", "params", "variants"
@@ -121,14 +121,11 @@ def parse_user_overrides(overrides: list[str]) -> dict:
     """`-S key=value` strings given on the command line (values read as YAML) -> nested overrides."""
     nested: dict = {}
     for override in overrides:
-        if "=" not in override:
-            raise ConfigError(f"override `{override}` must look like `section.key=value`")
-        dotted, text = override.split("=", 1)
+        parts, value = split_override(override)
         node = nested
-        parts = dotted.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(text)
+        node[parts[-1]] = value
     return nested
 
 
