@@ -64,7 +64,7 @@ def _seeded_extractor(model):
         special = dict(vocab_size=model.tokenizer_vocab_size, bos_token_id=0, eos_token_id=1, pad_token_id=2)
     torch.manual_seed(0)
     return build_feature_extractor(model.backbone, temporal=model.temporal, temporal_layers=model.temporal_layers,
-                                   head=model.head, **special)
+                                   head=model.head, head_params=model.head_params(), **special)
 
 
 def model_summary(params: Params) -> dict:
@@ -93,7 +93,29 @@ def model_summary(params: Params) -> dict:
         "extractor_total": count(extractor),
         "extractor_trainable_stage1": sum(p.numel() for p in extractor.parameters() if p.requires_grad),
         "generator_total": count(generator),
+        "heads": head_counts(model, width),
     }
+
+
+def head_counts(model, width: int) -> dict:
+    """Every registered head at `width` (with its params.yaml block): learned parameters, persistent state
+    (buffers, e.g. EMCL's bases) and the change of the extractor's parameter count against `wti`."""
+    import dataclasses
+
+    import torch
+
+    from diffusionret.config import HEADS_WITH_PARAMS
+    from diffusionret.model.heads import SIMILARITY_HEADS, build_head
+
+    counts = {}
+    for name in SIMILARITY_HEADS:
+        block = dataclasses.asdict(getattr(model, name)) if name in HEADS_WITH_PARAMS else None
+        torch.manual_seed(0)
+        head = build_head(name, width, head_params=block)
+        counts[name] = {"parameters": count(head), "state": sum(b.numel() for b in head.buffers())}
+    for name in counts:
+        counts[name]["vs_wti"] = counts[name]["parameters"] - counts["wti"]["parameters"]
+    return counts
 
 
 def flops_summary(params: Params, benchmark: str | None, utilisation: float, epochs: int,
@@ -155,6 +177,9 @@ def _print_summary(summary: dict) -> None:
     print(f"  {'feature extractor (stage 1)':<32} {summary['extractor_total']:>14,}"
           f"  ({summary['extractor_trainable_stage1']:,} trainable: patch embedding frozen)")
     print(f"  {'generator (stage 2, trainable)':<32} {summary['generator_total']:>14,}")
+    print(f"similarity heads at width {summary['width']} (model.head = any of these; state = saved buffers)")
+    for name, value in summary["heads"].items():
+        print(f"  {name:<32} {value['parameters']:>14,}  vs wti {value['vs_wti']:>+12,}  state {value['state']:,}")
 
 
 def data_check(params: Params, benchmark: str, root: Path | None, params_file: Path) -> dict:

@@ -27,7 +27,10 @@ SOURCES = ("synthetic",) + REAL_BENCHMARKS
 READERS = tuple(READER_FUNCTIONS)  # the annotation-reader registry (data/readers/__init__.py)
 CLIP_SPANS = ("video", "annotation", "fixed")
 TEMPORAL_MODULES = ("seqTransf", "none")
-SIMILARITY_HEADS = ("wti", "meanP")
+SIMILARITY_HEADS = ("wti", "meanP", "emcl", "dicosa")
+AUGMENTATIONS = ("none", "rand-m7-n4-mstd0.5-inc1")
+DECORRELATION_NORMALISERS = ("width_minus_1", "max_words")
+HEADS_WITH_PARAMS = ("emcl", "dicosa")  # heads with their own block under `model.<head>`
 OPTIMIZERS = ("adamw", "bertadam")
 SCHEDULES = ("cosine", "linear")
 PRECISIONS = ("fp32", "bf16")
@@ -168,12 +171,62 @@ class PreprocessParams:
 
 
 @dataclass(frozen=True)
+class EmclParams:
+    """EMCL-Net head (`model.head: emcl`): text-conditioned pooling, EM low-rank reconstruction, cosine."""
+
+    bases: int = 32  # K, the EM bases (official --centerK)
+    em_iters: int = 9  # EM iterations (official --stage_num)
+    momentum: float = 0.9  # basis update mu0 <- m mu0 + (1 - m) mean(U), training only
+    lamd: float = 1.0  # lambda, the E-step temperature
+    beta: float = 3.0  # weight of the reconstruction added to the features
+    frame_temperature: float = 3.0  # tau of the text-conditioned frame pooling (official --temp)
+    eval_block: int = 32  # evaluation tiles: each score depends on its eval_block x eval_block tile
+    reinit_basis_on_load: bool = False  # true: the official behaviour, fresh +-1 bases when a checkpoint is loaded
+
+    def validate(self, path: str) -> None:
+        _check(self.bases >= 1, f"{path}.bases", self.bases, "an integer >= 1")
+        _check(self.em_iters >= 1, f"{path}.em_iters", self.em_iters, "an integer >= 1")
+        _check(0 <= self.momentum <= 1, f"{path}.momentum", self.momentum, "a number in [0, 1]")
+        _check(self.lamd > 0, f"{path}.lamd", self.lamd, "a number > 0")
+        _check(self.beta >= 0, f"{path}.beta", self.beta, "a number >= 0")
+        _check(self.frame_temperature > 0, f"{path}.frame_temperature", self.frame_temperature, "a number > 0")
+        _check(self.eval_block >= 1, f"{path}.eval_block", self.eval_block, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class DicosaParams:
+    """DiCoSA head (`model.head: dicosa`): text-conditioned pooling, MLP-weighted chunk cosines, decorrelation loss."""
+
+    concepts: int = 8  # C chunks of width D / C (official --center)
+    frame_temperature: float = 3.0  # tau of the pooling (official README --temp 3)
+    weight_hidden_mult: int = 4  # hidden width of the chunk-weight MLP = mult x w (official 256 = 4 x 64)
+    alpha: float = 0.01  # weight of sum_k (Gamma_kk - 1)^2
+    beta: float = 0.005  # weight of sum_{k != k'} Gamma_kk'^2
+    decorrelation_normaliser: str = "width_minus_1"  # corrected (a true correlation); max_words = official
+
+    def validate(self, path: str) -> None:
+        _check(self.concepts >= 1, f"{path}.concepts", self.concepts, "an integer >= 1")
+        _check(self.frame_temperature > 0, f"{path}.frame_temperature", self.frame_temperature, "a number > 0")
+        _check(self.weight_hidden_mult >= 1, f"{path}.weight_hidden_mult", self.weight_hidden_mult, "an integer >= 1")
+        _check(self.alpha >= 0, f"{path}.alpha", self.alpha, "a number >= 0")
+        _check(self.beta >= 0, f"{path}.beta", self.beta, "a number >= 0")
+        _in(f"{path}.decorrelation_normaliser", self.decorrelation_normaliser, DECORRELATION_NORMALISERS)
+
+
+@dataclass(frozen=True)
 class ModelParams:
     backbone: str = "tiny"  # a named CLIP config (tiny, vit-b-32), a local directory, or a hub id
     temporal: str = "seqTransf"
     temporal_layers: int = 4  # copied from the first layers of CLIP's text transformer
     head: str = "wti"
     tokenizer_vocab_size: int = 1000  # BPE trained on the training captions (named configs only)
+    emcl: EmclParams = field(default_factory=EmclParams)  # read only when head = emcl
+    dicosa: DicosaParams = field(default_factory=DicosaParams)  # read only when head = dicosa
+
+    def head_params(self) -> dict:
+        """The chosen head's own settings as keyword arguments ({} for a head without a block)."""
+        block = getattr(self, self.head, None) if self.head in HEADS_WITH_PARAMS else None
+        return dataclasses.asdict(block) if block is not None else {}
 
     def validate(self, path: str) -> None:
         _check(bool(self.backbone), f"{path}.backbone", self.backbone, "a config name, a directory or a hub id")
@@ -182,6 +235,8 @@ class ModelParams:
         _check(self.temporal_layers >= 1, f"{path}.temporal_layers", self.temporal_layers, "an integer >= 1")
         _check(self.tokenizer_vocab_size >= 300, f"{path}.tokenizer_vocab_size", self.tokenizer_vocab_size,
                "an integer >= 300 (256 bytes plus merges)")
+        for head in HEADS_WITH_PARAMS:
+            getattr(self, head).validate(f"{path}.{head}")
 
 
 @dataclass(frozen=True)
@@ -256,6 +311,7 @@ class TrainParams(StageTrainParams):
     seed: int = 42
     precision: str = "fp32"
     accelerate_config: str = "configs/accelerate/cpu.yaml"  # how `accelerate launch` starts the processes
+    augment: str = "none"  # training-frame augmentation: none | rand-m7-n4-mstd0.5-inc1 (the siblings' RandAugment)
 
     def validate(self, path: str) -> None:
         super().validate(path)
@@ -263,6 +319,7 @@ class TrainParams(StageTrainParams):
                self.accelerate_config, "a path to an accelerate config .yaml")
         _check(len(self.benchmarks) >= 1, f"{path}.benchmarks", self.benchmarks, "a non-empty list")
         _in(f"{path}.precision", self.precision, PRECISIONS)
+        _in(f"{path}.augment", self.augment, AUGMENTATIONS)
 
 
 @dataclass(frozen=True)

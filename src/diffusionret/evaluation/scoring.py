@@ -58,11 +58,20 @@ class Scores:
                                ties=ties)
 
 
+def _score_tile(score_fn: ScoreFn) -> int | None:
+    """The tile size of the head behind `score_fn` (an extractor's bound `similarity`), None when pair-local."""
+    return getattr(getattr(score_fn, "__self__", None), "score_tile", None)
+
+
 def block_similarity(score_fn: ScoreFn, text: TextFeatures, video: VideoFeatures, *, query_block: int,
                      video_block: int | None = None) -> torch.Tensor:
     """Similarity (Q, V) float32, `query_block` texts x `video_block` videos (all videos when None) per call."""
     if query_block < 1 or (video_block is not None and video_block < 1):
         raise ValueError(f"query_block and video_block must be >= 1; got {query_block}, {video_block}")
+    tile = _score_tile(score_fn)
+    if tile:  # a score depends on its tile (EMCL): calls start at multiples of the tile, which the head tiles from
+        query_block = max(tile, query_block - query_block % tile)
+        video_block = None if video_block is None else max(tile, video_block - video_block % tile)
     video_block = video_block or max(len(video), 1)
     rows = []
     with torch.no_grad():

@@ -49,6 +49,24 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(tensor.contiguous()), dim=0)
 
 
+def concept_decorrelation(text_chunks: torch.Tensor, video_chunks: torch.Tensor, *, normaliser: float,
+                          alpha: float, beta: float) -> torch.Tensor:
+    """DiCoSA's chunk-decorrelation loss of positive pairs: (B, C, w) text chunks, (B, C, w) pooled video chunks.
+
+    Each chunk is z-scored over its w dimensions (unbiased standard deviation); Gamma (C, C) =
+    mean_a(Z_t[a]^T Z_v[a]) / normaliser; loss = alpha sum_k (Gamma_kk - 1)^2 + beta sum_{k != k'} Gamma_kk'^2.
+    With normaliser = w - 1 Gamma is a correlation matrix; the official code divides by max_words instead.
+    """
+    def zscore(chunks: torch.Tensor) -> torch.Tensor:
+        return (chunks - chunks.mean(dim=-1, keepdim=True)) / chunks.std(dim=-1, unbiased=True, keepdim=True)
+
+    gamma = torch.einsum("bkw,bjw->kj", zscore(text_chunks), zscore(video_chunks)) / text_chunks.shape[0] / normaliser
+    diagonal = torch.diagonal(gamma)
+    on_diagonal = ((diagonal - 1.0) ** 2).sum()
+    off_diagonal = (gamma ** 2).sum() - (diagonal ** 2).sum()
+    return alpha * on_diagonal + beta * off_diagonal
+
+
 def contrastive_loss(similarity: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE on exp(logit_scale) * S (B, B) with the diagonal as positives (reference §2.5)."""
     if similarity.dim() != 2 or similarity.shape[0] != similarity.shape[1]:

@@ -51,6 +51,7 @@ class ContrastiveObjective(nn.Module):
     def __init__(self, extractor: FeatureExtractor, partition: Partition = Partition()):
         super().__init__()
         self.extractor, self.partition = extractor, partition
+        self.last_terms: dict[str, torch.Tensor] = {}  # the loss terms of the last `loss` call, detached
 
     def encode(self, batch: dict[str, torch.Tensor]) -> tuple[TextFeatures, VideoFeatures]:
         """Features of this process's (micro-)batch: tokens (b, L, D), sentence (b, D), frames (b, T, D)."""
@@ -64,7 +65,12 @@ class ContrastiveObjective(nn.Module):
                             sentence=gather_with_grad(text.sentence))  # (B, L, D), (B, L), (B, D)
         video = VideoFeatures(frames=gather_with_grad(video.frames), mask=_gather_mask(video.mask))  # (B, T, D)
         similarity = self.extractor.similarity(text, video)  # (B, B)
-        return contrastive_loss(similarity, self.extractor.logit_scale)
+        loss = contrastive_loss(similarity, self.extractor.logit_scale)
+        self.last_terms = {"loss/contrastive": loss.detach()}
+        for name, term in self.extractor.head_training_losses(text, video).items():  # e.g. DiCoSA's decorrelation
+            loss = loss + term
+            self.last_terms[name] = term.detach()
+        return loss
 
     def backward_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Forward + backward of one global batch; returns detached scalars to log."""
@@ -73,7 +79,11 @@ class ContrastiveObjective(nn.Module):
             loss.backward()
         else:
             loss = self._gradient_cache_backward(batch)
-        return {"loss/contrastive": loss.detach(), "logit_scale": self.extractor.logit_scale.detach().exp()}
+        extra = {name: value for name, value in self.last_terms.items() if name != "loss/contrastive"}
+        if extra:
+            extra["loss/total"] = loss.detach()
+        return {"loss/contrastive": self.last_terms["loss/contrastive"], **extra,
+                "logit_scale": self.extractor.logit_scale.detach().exp()}
 
     def _gradient_cache_backward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         size = batch["input_ids"].shape[0]

@@ -65,8 +65,10 @@ def load_extractor(directory: Path):
     clip = CLIPModel(CLIPConfig.from_pretrained(str(directory / "clip")))
     model = metadata["model"]
     extractor = FeatureExtractor(clip, temporal=model["temporal"], temporal_layers=model["temporal_layers"],
-                                 head=model["head"])
+                                 head=model["head"], head_params=model.get("head_params"))
     load_strict(extractor, load_file(str(directory / "model.safetensors")), directory / "model.safetensors")
+    if getattr(extractor.head, "reinit_basis_on_load", False):
+        extractor.head.reset_basis()  # model.emcl.reinit_basis_on_load: the official reload (saved bases ignored)
     extractor.eval()
     return extractor, metadata
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from diffusionret.model.backbone import ClipBackbone, build_clip
-from diffusionret.model.heads import DEFAULT_CHUNK_SIZE, SIMILARITY_HEADS, build_head
+from diffusionret.model.heads import DEFAULT_CHUNK_SIZE, SIMILARITY_HEADS, build_head, score_tile
 from diffusionret.model.temporal import TEMPORAL_MODULES, build_temporal
 
 if TYPE_CHECKING:
@@ -75,11 +75,12 @@ class FeatureExtractor(nn.Module):
         temporal_layers: int = 4,
         head: str = "wti",
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        head_params: dict | None = None,
     ) -> None:
         super().__init__()
         self.backbone = ClipBackbone(clip)
         self.temporal = build_temporal(temporal, clip, temporal_layers)
-        self.head = build_head(head, self.backbone.width, chunk_size)
+        self.head = build_head(head, self.backbone.width, chunk_size, head_params)
 
     @property
     def logit_scale(self) -> nn.Parameter:
@@ -114,6 +115,16 @@ class FeatureExtractor(nn.Module):
         """Similarity matrix (Bt, Bv) from the head (no temperature)."""
         return self.head(text.tokens, text.mask, text.sentence, video.frames, video.mask)
 
+    @property
+    def score_tile(self) -> int | None:
+        """Rows/columns of the tile a score depends on (EMCL's evaluation block); None: every score is pair-local."""
+        return score_tile(self.head)
+
+    def head_training_losses(self, text: TextFeatures, video: VideoFeatures) -> dict[str, torch.Tensor]:
+        """The head's own training-only loss terms on a square global batch (DiCoSA's decorrelation); {} if none."""
+        terms = getattr(self.head, "training_loss", None)
+        return terms(text.tokens, text.mask, text.sentence, video.frames, video.mask) if terms else {}
+
     def forward(
         self, input_ids: torch.Tensor, text_mask: torch.Tensor, frames: torch.Tensor, video_mask: torch.Tensor
     ) -> torch.Tensor:
@@ -132,6 +143,7 @@ def build_feature_extractor(
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    head_params: dict | None = None,
 ) -> FeatureExtractor:
     """A FeatureExtractor over build_clip(backbone, ...) (registered name, local dir or hub id)."""
     # fail on a bad name before the (slow) CLIP build
@@ -144,4 +156,4 @@ def build_feature_extractor(
         pad_token_id=pad_token_id,
     )
     return FeatureExtractor(clip, temporal=temporal, temporal_layers=temporal_layers, head=head,
-                            chunk_size=chunk_size)
+                            chunk_size=chunk_size, head_params=head_params)

@@ -1,4 +1,5 @@
-"""Text-video similarity heads (reference §2.4): `wti` (DRL's token-wise weighted interaction) and `meanP`.
+"""Text-video similarity heads: `wti` (DRL's token-wise weighted interaction, DiffusionRet's head), `meanP`,
+`emcl` (EMCL-Net: pooled features + EM low-rank reconstruction) and `dicosa` (DiCoSA: MLP-weighted chunk cosines).
 
 Common call: head(text_tokens (Bt, L, D), text_mask (Bt, L), sentence (Bt, D), video_frames (Bv, T, D),
 video_mask (Bv, T)) -> (Bt, Bv). The (Bt, Bv, L, T) interaction is computed `chunk_size` x `chunk_size`
@@ -6,6 +7,8 @@ pairs at a time, so a 1000 x 1000 evaluation never holds the whole tensor.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -103,11 +106,193 @@ class MeanPoolHead(nn.Module):
         return F.normalize(sentence, dim=-1) @ F.normalize(pooled, dim=-1).T  # (Bt, Bv)
 
 
-SIMILARITY_HEADS: dict[str, type[nn.Module]] = {"wti": WTIHead, "meanP": MeanPoolHead}
+def text_conditioned_pooling(sentence: torch.Tensor, frames: torch.Tensor, mask: torch.Tensor,
+                             temperature: float) -> torch.Tensor:
+    """Video features pooled for each caption: (Bt, D), (Bv, T, D), (Bv, T) -> (Bt, Bv, D).
+
+    alpha[a, b, f] = softmax_f(<c_a, F_bf> / temperature) * mask[b, f]; v[a, b] = sum_f alpha F_bf. As in EMCL-Net
+    and DiCoSA, the softmax runs over every frame and the mask is applied after it, without renormalising, on
+    unnormalised features.
+    """
+    logits = torch.einsum("ad,bfd->abf", sentence, frames) / temperature  # (Bt, Bv, T)
+    weights = torch.softmax(logits, dim=-1) * mask.to(frames.dtype)[None]  # (Bt, Bv, T)
+    return torch.einsum("abf,bfd->abd", weights, frames)  # (Bt, Bv, D)
 
 
-def build_head(name: str, width: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> nn.Module:
-    """The registered similarity head `name` for features of width `width`."""
+def em_reconstruction(features: torch.Tensor, start: torch.Tensor, iters: int, lamd: float
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """EMCL's low-rank reconstruction of a joint batch, without gradient: (M, D), (1, K) -> R (M, D), U (M, K).
+
+    The D feature dimensions are the data points in R^M. U starts as the row `start` repeated M times; each
+    iteration: Z = softmax_k(X^T U / lamd) (D, K), columns divided by 1e-6 + their sum; U = X Z (M, K), columns
+    divided by 1e-6 + their L2 norm. R = U Z^T has rank <= K and is a constant for autograd.
+    """
+    with torch.no_grad():
+        x = features.detach().float()  # (M, D)
+        bases = start.float().to(x.device).expand(x.shape[0], -1)  # (M, K)
+        for _ in range(iters):
+            assignment = torch.softmax(x.T @ bases / lamd, dim=1)  # (D, K)
+            assignment = assignment / (1e-6 + assignment.sum(dim=0, keepdim=True))
+            bases = x @ assignment  # (M, K)
+            bases = bases / (1e-6 + bases.norm(dim=0, keepdim=True))
+        reconstruction = bases @ assignment.T  # (M, D)
+    return reconstruction.to(features.dtype), bases
+
+
+class EMCLHead(nn.Module):
+    """EMCL-Net: text-conditioned frame pooling, EM low-rank reconstruction of the joint batch, cosine.
+
+    For a block of Bt captions and Bv videos: pooled v (Bt, Bv, D) and the sentences c (Bt, D) form the joint
+    batch X = [v as (Bt Bv, D); c] (M = Bt Bv + Bt rows); X' = X + beta R with R the EM reconstruction (no
+    gradient, so dX'/dX = I); S[a, b] = cos(c'_a, v'_ab). The EM state mu0 (1, K) is a persistent buffer (saved
+    in checkpoints, copied by the EMA) updated in training only: mu0 <- m mu0 + (1 - m) mean_rows(U).
+
+    A score depends on the whole block it was computed in. Training scores the whole (B, B) global batch at
+    once; in eval mode every call is tiled into `eval_block` x `eval_block` tiles from its first row and column
+    (the official evaluation's 32 x 32 blocks), so callers that split a matrix into calls at multiples of
+    `eval_block` (evaluation/scoring.py does, through `score_tile`) get the official tiling.
+    """
+
+    def __init__(self, width: int, chunk_size: int = DEFAULT_CHUNK_SIZE, *, bases: int = 32, em_iters: int = 9,
+                 momentum: float = 0.9, lamd: float = 1.0, beta: float = 3.0, frame_temperature: float = 3.0,
+                 eval_block: int = 32, reinit_basis_on_load: bool = False) -> None:
+        super().__init__()
+        self.chunk_size = chunk_size  # unused: eval_block sets the tiling
+        self.em_iters, self.momentum, self.lamd, self.beta = em_iters, momentum, lamd, beta
+        self.frame_temperature, self.eval_block = frame_temperature, eval_block
+        self.reinit_basis_on_load = reinit_basis_on_load
+        self.register_buffer("basis", self.initial_basis(bases))  # (1, K) mu0, persistent
+
+    @property
+    def score_tile(self) -> int:
+        """Rows and columns of the evaluation tile a score depends on."""
+        return self.eval_block
+
+    @staticmethod
+    def initial_basis(bases: int) -> torch.Tensor:
+        """mu0 (1, K) as the official code draws it: N(0, 2/K) divided by 1e-6 + its norm over an axis of size 1,
+        i.e. the sign of each entry (+-1 up to 1e-6). Draws from torch's global RNG (seeded by the stage)."""
+        draw = torch.randn(1, bases) * math.sqrt(2.0 / bases)
+        return draw / (1e-6 + draw.norm(dim=0, keepdim=True))
+
+    @torch.no_grad()
+    def reset_basis(self) -> None:
+        """Fresh +-1 bases (the official behaviour on reload, where mu0 was never saved)."""
+        self.basis.copy_(self.initial_basis(self.basis.shape[1]).to(self.basis.device))
+
+    def block_scores(self, sentence: torch.Tensor, video_frames: torch.Tensor, video_mask: torch.Tensor,
+                     update_basis: bool) -> torch.Tensor:
+        """Scores (bt, bv) of one block, the EM run over this block only."""
+        pooled = text_conditioned_pooling(sentence, video_frames, video_mask, self.frame_temperature)  # (bt, bv, D)
+        num_text, num_video, width = pooled.shape
+        joint = torch.cat([pooled.reshape(num_text * num_video, width), sentence], dim=0)  # (M, D)
+        reconstruction, bases = em_reconstruction(joint, self.basis, self.em_iters, self.lamd)
+        if update_basis:
+            with torch.no_grad():
+                self.basis.mul_(self.momentum).add_((1.0 - self.momentum) * bases.mean(dim=0, keepdim=True))
+        joint = joint + self.beta * reconstruction
+        video_unit = F.normalize(joint[:num_text * num_video], dim=-1).view(num_text, num_video, width)
+        text_unit = F.normalize(joint[num_text * num_video:], dim=-1)  # (bt, D)
+        return torch.einsum("ad,abd->ab", text_unit, video_unit)
+
+    def forward(
+        self,
+        text_tokens: torch.Tensor,
+        text_mask: torch.Tensor,
+        sentence: torch.Tensor,
+        video_frames: torch.Tensor,
+        video_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Similarity (Bt, Bv); token features and the text mask are unused by this head."""
+        if self.training:
+            return self.block_scores(sentence, video_frames, video_mask, update_basis=True)
+        step = self.eval_block
+        return torch.cat([
+            torch.cat([self.block_scores(sentence[t:t + step], video_frames[v:v + step], video_mask[v:v + step],
+                                         update_basis=False)
+                       for v in range(0, video_frames.shape[0], step)], dim=1)
+            for t in range(0, sentence.shape[0], step)])  # (Bt, Bv)
+
+
+class DiCoSAHead(nn.Module):
+    """DiCoSA: text-conditioned pooling, the D dimensions split into C chunks, MLP-weighted chunk cosines.
+
+    S[a, b] = sum_k w[a, b, k] cos(c_ak, v_abk) with w = Linear(2w, mult w) - ReLU - Linear(mult w, 1) of the
+    concatenated chunks [c_ak; v_abk] (no softmax: the weights, and so the scores, are unbounded). Scores are
+    pair-local. `decorrelation_loss` is the training-only chunk-decorrelation term of the positive pairs.
+    """
+
+    def __init__(self, width: int, chunk_size: int = DEFAULT_CHUNK_SIZE, *, concepts: int = 8,
+                 frame_temperature: float = 3.0, weight_hidden_mult: int = 4, alpha: float = 0.01,
+                 beta: float = 0.005, decorrelation_normaliser: str = "width_minus_1") -> None:
+        super().__init__()
+        if width % concepts:
+            raise ValueError(f"dicosa: the feature width {width} does not split into {concepts} concepts; "
+                             f"set model.dicosa.concepts to a divisor of {width}")
+        self.chunk_size, self.concepts, self.chunk_width = chunk_size, concepts, width // concepts
+        self.frame_temperature, self.alpha, self.beta = frame_temperature, alpha, beta
+        self.decorrelation_normaliser = decorrelation_normaliser
+        hidden = weight_hidden_mult * self.chunk_width
+        self.weight_fc = nn.Sequential(nn.Linear(2 * self.chunk_width, hidden), nn.ReLU(inplace=True),
+                                       nn.Linear(hidden, 1))
+        for layer in (self.weight_fc[0], self.weight_fc[2]):
+            nn.init.normal_(layer.weight, mean=0.0, std=0.02)
+            nn.init.zeros_(layer.bias)
+
+    def _chunks(self, features: torch.Tensor) -> torch.Tensor:
+        return features.reshape(*features.shape[:-1], self.concepts, self.chunk_width)  # (..., C, w)
+
+    def forward(
+        self,
+        text_tokens: torch.Tensor,
+        text_mask: torch.Tensor,
+        sentence: torch.Tensor,
+        video_frames: torch.Tensor,
+        video_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Similarity (Bt, Bv), `chunk_size` x `chunk_size` pairs at a time; token features are unused."""
+        rows = []
+        step = self.chunk_size
+        for t in range(0, sentence.shape[0], step):
+            row = []
+            for v in range(0, video_frames.shape[0], step):
+                pooled = text_conditioned_pooling(sentence[t:t + step], video_frames[v:v + step],
+                                                  video_mask[v:v + step], self.frame_temperature)  # (bt, bv, D)
+                video_chunks = self._chunks(pooled)  # (bt, bv, C, w)
+                text_chunks = self._chunks(sentence[t:t + step])[:, None].expand_as(video_chunks)  # (bt, bv, C, w)
+                weights = self.weight_fc(torch.cat([text_chunks, video_chunks], dim=-1)).squeeze(-1)  # (bt, bv, C)
+                cosines = F.cosine_similarity(text_chunks, video_chunks, dim=-1)  # (bt, bv, C)
+                row.append((weights * cosines).sum(dim=-1))
+            rows.append(torch.cat(row, dim=1))
+        return torch.cat(rows)  # (Bt, Bv)
+
+    def training_loss(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, sentence: torch.Tensor,
+                      video_frames: torch.Tensor, video_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The decorrelation term of a square batch (caption a with video a): {"loss/decorrelation": scalar}."""
+        from diffusionret.method.losses import concept_decorrelation
+
+        logits = torch.einsum("ad,afd->af", sentence, video_frames) / self.frame_temperature  # (B, T)
+        weights = torch.softmax(logits, dim=-1) * video_mask.to(video_frames.dtype)  # (B, T)
+        positives = torch.einsum("af,afd->ad", weights, video_frames)  # (B, D): the pooled v[a, a]
+        normaliser = text_tokens.shape[1] if self.decorrelation_normaliser == "max_words" else self.chunk_width - 1
+        loss = concept_decorrelation(self._chunks(sentence), self._chunks(positives), normaliser=normaliser,
+                                     alpha=self.alpha, beta=self.beta)
+        return {"loss/decorrelation": loss}
+
+
+SIMILARITY_HEADS: dict[str, type[nn.Module]] = {"wti": WTIHead, "meanP": MeanPoolHead, "emcl": EMCLHead,
+                                                "dicosa": DiCoSAHead}
+
+
+def build_head(name: str, width: int, chunk_size: int = DEFAULT_CHUNK_SIZE, head_params: dict | None = None
+               ) -> nn.Module:
+    """The registered similarity head `name` for features of width `width`, with its own settings `head_params`
+    (the fields of params.yaml's `model.<name>` block; none for wti and meanP)."""
     if name not in SIMILARITY_HEADS:
         raise ValueError(f"unknown similarity head {name!r}; choose one of {sorted(SIMILARITY_HEADS)}.")
-    return SIMILARITY_HEADS[name](width, chunk_size)
+    return SIMILARITY_HEADS[name](width, chunk_size, **(head_params or {}))
+
+
+def score_tile(head: nn.Module) -> int | None:
+    """Rows/columns of the tile each score depends on (EMCL's evaluation block); None for pair-local heads."""
+    return getattr(head, "score_tile", None)
