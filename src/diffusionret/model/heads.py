@@ -128,8 +128,8 @@ def em_reconstruction(features: torch.Tensor, start: torch.Tensor, iters: int, l
     divided by 1e-6 + their L2 norm. R = U Z^T has rank <= K and is a constant for autograd.
     """
     with torch.no_grad():
-        x = features.detach().float()  # (M, D)
-        bases = start.float().to(x.device).expand(x.shape[0], -1)  # (M, K)
+        x = features.detach().to(torch.promote_types(features.dtype, torch.float32))  # (M, D), at least float32
+        bases = start.to(device=x.device, dtype=x.dtype).expand(x.shape[0], -1)  # (M, K)
         for _ in range(iters):
             assignment = torch.softmax(x.T @ bases / lamd, dim=1)  # (D, K)
             assignment = assignment / (1e-6 + assignment.sum(dim=0, keepdim=True))
