@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusionret.model.heads import SIMILARITY_HEADS, MeanPoolHead, WTIHead
+from diffusionret.model.heads import SIMILARITY_HEADS, DiCoSAHead, EMCLHead, MeanPoolHead, WTIHead
 
 WIDTH = 6
 
@@ -140,7 +140,7 @@ def test_mean_pool_matches_numpy():
 
 
 def test_registry():
-    assert SIMILARITY_HEADS == {"wti": WTIHead, "meanP": MeanPoolHead}
+    assert SIMILARITY_HEADS == {"wti": WTIHead, "meanP": MeanPoolHead, "emcl": EMCLHead, "dicosa": DiCoSAHead}
 
 
 def test_mean_pool_normalises_frames_before_averaging():

@@ -11,7 +11,7 @@ import torch
 from diffusionret.config import ConfigError, load_params, params_from_dict
 from diffusionret.evaluation.scoring import block_similarity
 from diffusionret.method.losses import concept_decorrelation
-from diffusionret.method.objectives import ContrastiveObjective
+from diffusionret.method.objectives import ContrastiveObjective, head_training_losses
 from diffusionret.model.checkpoint import load_extractor, save_extractor
 from diffusionret.model.extractor import TextFeatures, VideoFeatures, build_feature_extractor
 from diffusionret.model.heads import (SIMILARITY_HEADS, DiCoSAHead, EMCLHead, build_head, em_reconstruction)
@@ -275,7 +275,8 @@ def test_decorrelation_loss_matches_numpy_and_the_head_picks_the_divisor():
     positives = np.stack([pooled[a, a] for a in range(4)])
     for name, divisor in (("width_minus_1", WIDTH // 2 - 1), ("max_words", 7)):
         head = DiCoSAHead(WIDTH, concepts=2, decorrelation_normaliser=name).double()
-        got = head.training_loss(tokens, text_mask, sentence, frames, video_mask)["loss/decorrelation"]
+        got = head_training_losses(head, TextFeatures(tokens=tokens, mask=text_mask, sentence=sentence),
+                                   VideoFeatures(frames=frames, mask=video_mask))["loss/decorrelation"]
         expected = np_decorrelation(sentence.numpy().reshape(4, 2, 4), positives.reshape(4, 2, 4), divisor, 0.01,
                                     0.005)
         assert got.item() == pytest.approx(expected, rel=1e-9)

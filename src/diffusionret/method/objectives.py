@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from diffusionret.method.losses import contrastive_loss, gather_with_grad, stage2_loss
+from diffusionret.method.losses import concept_decorrelation, contrastive_loss, gather_with_grad, stage2_loss
 from diffusionret.model.extractor import FeatureExtractor, TextFeatures, VideoFeatures
+from diffusionret.model.heads import DiCoSAHead
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,19 @@ def _micro_slices(size: int, micro_batches: int) -> list[slice]:
     return [slice(start, start + step) for start in range(0, size, step)]
 
 
+def head_training_losses(head: nn.Module, text: TextFeatures, video: VideoFeatures) -> dict[str, torch.Tensor]:
+    """The chosen head's own training-only loss terms on a square global batch; {} for a head without any.
+
+    DiCoSA: alpha sum_k (Gamma_kk - 1)^2 + beta sum_{k != k'} Gamma_kk'^2 over the positive pairs' chunks.
+    """
+    if isinstance(head, DiCoSAHead):
+        text_chunks, video_chunks = head.positive_chunks(text.sentence, video.frames, video.mask)  # (B, C, w) each
+        loss = concept_decorrelation(text_chunks, video_chunks, normaliser=head.decorrelation_divisor(
+            text.tokens.shape[1]), alpha=head.alpha, beta=head.beta)
+        return {"loss/decorrelation": loss}
+    return {}
+
+
 class ContrastiveObjective(nn.Module):
     def __init__(self, extractor: FeatureExtractor, partition: Partition = Partition()):
         super().__init__()
@@ -67,7 +81,7 @@ class ContrastiveObjective(nn.Module):
         similarity = self.extractor.similarity(text, video)  # (B, B)
         loss = contrastive_loss(similarity, self.extractor.logit_scale)
         self.last_terms = {"loss/contrastive": loss.detach()}
-        for name, term in self.extractor.head_training_losses(text, video).items():  # e.g. DiCoSA's decorrelation
+        for name, term in head_training_losses(self.extractor.head, text, video).items():
             loss = loss + term
             self.last_terms[name] = term.detach()
         return loss

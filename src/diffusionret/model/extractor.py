@@ -120,11 +120,6 @@ class FeatureExtractor(nn.Module):
         """Rows/columns of the tile a score depends on (EMCL's evaluation block); None: every score is pair-local."""
         return score_tile(self.head)
 
-    def head_training_losses(self, text: TextFeatures, video: VideoFeatures) -> dict[str, torch.Tensor]:
-        """The head's own training-only loss terms on a square global batch (DiCoSA's decorrelation); {} if none."""
-        terms = getattr(self.head, "training_loss", None)
-        return terms(text.tokens, text.mask, text.sentence, video.frames, video.mask) if terms else {}
-
     def forward(
         self, input_ids: torch.Tensor, text_mask: torch.Tensor, frames: torch.Tensor, video_mask: torch.Tensor
     ) -> torch.Tensor:

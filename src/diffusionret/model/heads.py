@@ -219,7 +219,7 @@ class DiCoSAHead(nn.Module):
 
     S[a, b] = sum_k w[a, b, k] cos(c_ak, v_abk) with w = Linear(2w, mult w) - ReLU - Linear(mult w, 1) of the
     concatenated chunks [c_ak; v_abk] (no softmax: the weights, and so the scores, are unbounded). Scores are
-    pair-local. `decorrelation_loss` is the training-only chunk-decorrelation term of the positive pairs.
+    pair-local. `positive_chunks` feeds the training-only chunk-decorrelation term of the positive pairs.
     """
 
     def __init__(self, width: int, chunk_size: int = DEFAULT_CHUNK_SIZE, *, concepts: int = 8,
@@ -266,18 +266,18 @@ class DiCoSAHead(nn.Module):
             rows.append(torch.cat(row, dim=1))
         return torch.cat(rows)  # (Bt, Bv)
 
-    def training_loss(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, sentence: torch.Tensor,
-                      video_frames: torch.Tensor, video_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The decorrelation term of a square batch (caption a with video a): {"loss/decorrelation": scalar}."""
-        from diffusionret.method.losses import concept_decorrelation
-
+    def positive_chunks(self, sentence: torch.Tensor, video_frames: torch.Tensor, video_mask: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Chunks of a square batch's positive pairs (caption a, video a): text (B, C, w), pooled video (B, C, w),
+        the inputs of the decorrelation loss (method/losses.py `concept_decorrelation`)."""
         logits = torch.einsum("ad,afd->af", sentence, video_frames) / self.frame_temperature  # (B, T)
         weights = torch.softmax(logits, dim=-1) * video_mask.to(video_frames.dtype)  # (B, T)
         positives = torch.einsum("af,afd->ad", weights, video_frames)  # (B, D): the pooled v[a, a]
-        normaliser = text_tokens.shape[1] if self.decorrelation_normaliser == "max_words" else self.chunk_width - 1
-        loss = concept_decorrelation(self._chunks(sentence), self._chunks(positives), normaliser=normaliser,
-                                     alpha=self.alpha, beta=self.beta)
-        return {"loss/decorrelation": loss}
+        return self._chunks(sentence), self._chunks(positives)
+
+    def decorrelation_divisor(self, max_words: int) -> int:
+        """Divisor of Gamma: w - 1 (a true correlation) or, as the official code, the caption length max_words."""
+        return max_words if self.decorrelation_normaliser == "max_words" else self.chunk_width - 1
 
 
 SIMILARITY_HEADS: dict[str, type[nn.Module]] = {"wti": WTIHead, "meanP": MeanPoolHead, "emcl": EMCLHead,
