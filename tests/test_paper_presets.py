@@ -41,8 +41,28 @@ def applied(tmp_path: Path, overrides: list[str]):
     return load_params(path)
 
 
-def test_twelve_presets_one_per_benchmark_and_backbone():
-    assert sorted(preset_names(PRESETS)) == sorted(f"{b}-{v}" for b in BENCHMARKS for v in HUB_IDS)
+SIBLINGS = ("emcl", "dicosa")  # the author's other systems as stage-1 heads, at ViT-B/32
+
+
+def test_twelve_presets_one_per_benchmark_and_backbone_plus_the_sibling_heads():
+    assert sorted(preset_names(PRESETS)) == sorted(f"{b}-{v}" for b in BENCHMARKS for v in (*HUB_IDS, *SIBLINGS))
+
+
+def test_sibling_presets_are_their_official_recipes(tmp_path):
+    emcl = applied(tmp_path, preset_overrides("msrvtt-9k-emcl", None, [], PRESETS))
+    assert (emcl.model.backbone, emcl.model.head) == (HUB_IDS["vitb32"], "emcl")
+    assert (emcl.model.emcl.bases, emcl.model.emcl.em_iters, emcl.model.emcl.momentum, emcl.model.emcl.beta,
+            emcl.model.emcl.frame_temperature, emcl.model.emcl.eval_block) == (32, 9, 0.9, 3.0, 3.0, 32)
+    assert (emcl.train.seed, emcl.train.ema_decay, emcl.train.augment) == (0, 0.0, "rand-m7-n4-mstd0.5-inc1")
+    assert (emcl.train.lr, emcl.train.coef_lr, emcl.train.global_batch, emcl.train.epochs) == (1e-4, 1e-3, 128, 5)
+    dicosa = applied(tmp_path, preset_overrides("didemo-dicosa", None, [], PRESETS))
+    block = dicosa.model.dicosa
+    assert (dicosa.model.head, block.concepts, block.frame_temperature, block.alpha, block.beta) == \
+        ("dicosa", 8, 3.0, 0.01, 0.005)
+    assert block.decorrelation_normaliser == "max_words" and dicosa.train.ema_decay == 0.0
+    post = dicosa.postprocess
+    assert post.qbnorm_settings("t2v") == {"beta": 70.0, "k": 1, "min_count": 3}
+    assert post.qbnorm_settings("v2t") == {"beta": 70.0, "k": 1, "min_count": 5}
 
 
 @pytest.mark.parametrize("name", sorted(f"{b}-{v}" for b in BENCHMARKS for v in HUB_IDS))

@@ -377,8 +377,23 @@ class PostprocessParams:
     qbnorm_k: int = 1  # activation set: gallery items in the top-k of a bank query (official 1)
     qbnorm_min_count: int = 1  # ... at least this many times (DiCoSA's theta; official 1)
     dsl_temperature: float = 100.0  # dual softmax: softmax(temperature * scores) over the query axis
+    qbnorm_beta_v2t: float | None = None  # v2t's own beta (DiCoSA: 70 / 70); null = qbnorm_beta
+    qbnorm_min_count_v2t: int | None = None  # v2t's own theta (DiCoSA: 3 for t2v, 5 for v2t); null = qbnorm_min_count
+
+    def qbnorm_settings(self, direction: str) -> dict:
+        """beta, k and min_count of QB-Norm in `direction` (t2v, v2t)."""
+        beta, min_count = self.qbnorm_beta, self.qbnorm_min_count
+        if direction == "v2t":
+            beta = beta if self.qbnorm_beta_v2t is None else self.qbnorm_beta_v2t
+            min_count = min_count if self.qbnorm_min_count_v2t is None else self.qbnorm_min_count_v2t
+        return {"beta": beta, "k": self.qbnorm_k, "min_count": min_count}
 
     def validate(self, path: str) -> None:
+        if self.qbnorm_beta_v2t is not None:
+            _check(self.qbnorm_beta_v2t > 0, f"{path}.qbnorm_beta_v2t", self.qbnorm_beta_v2t, "a number > 0 or null")
+        if self.qbnorm_min_count_v2t is not None:
+            _check(self.qbnorm_min_count_v2t >= 1, f"{path}.qbnorm_min_count_v2t", self.qbnorm_min_count_v2t,
+                   "an integer >= 1 or null")
         _check(self.qbnorm_bank_size >= 1, f"{path}.qbnorm_bank_size", self.qbnorm_bank_size, "an integer >= 1")
         _check(self.qbnorm_beta > 0 and math.isfinite(self.qbnorm_beta), f"{path}.qbnorm_beta", self.qbnorm_beta,
                "a finite number > 0")

@@ -34,13 +34,13 @@ def row_matrices(cell: CellScores, post: PostprocessParams, chunk_size: int
 
     A generator, so a caller holds one row's matrices at a time (a 30k x 1k cell stays affordable).
     """
-    qbnorm = dict(beta=post.qbnorm_beta, k=post.qbnorm_k, min_count=post.qbnorm_min_count, chunk_size=chunk_size)
     sources = {  # direction -> (stage-1 matrix, bank, re-ranked draws, re-ranked banks)
         "t2v": (cell.stage1, cell.bank_t2v, cell.t2v_rerank, cell.bank_t2v_rerank),
         "v2t": (cell.stage1.T, cell.bank_v2t, cell.v2t_rerank, cell.bank_v2t_rerank),
     }
     for direction in DIRECTIONS:
         raw, bank, reranked, reranked_bank = sources[direction]
+        qbnorm = dict(post.qbnorm_settings(direction), chunk_size=chunk_size)  # per-direction beta / theta
         for suffix, (postprocess, is_reranked) in ROWS.items():
             pairs = list(zip(reranked, reranked_bank)) if is_reranked else [(raw, bank)]
             if postprocess == "none":
