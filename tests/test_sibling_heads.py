@@ -352,3 +352,25 @@ def test_model_summary_reports_every_head():
     assert set(counts) == set(SIMILARITY_HEADS)
     assert counts["emcl"] == {"parameters": 0, "state": 32, "vs_wti": -2 * (512 * 1024 + 1024 + 1024 + 1)}
     assert counts["dicosa"]["vs_wti"] == (128 * 256 + 256 + 257) - 2 * (512 * 1024 + 1024 + 1024 + 1)
+
+
+def test_qbnorm_rows_use_each_directions_own_beta_and_theta():
+    """DiCoSA's QB-Norm: beta and theta per direction (postprocess.qbnorm_beta_v2t / qbnorm_min_count_v2t)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_evaluate_rows import make_cell, qbnorm_restated
+
+    from diffusionret.config import PostprocessParams
+    from diffusionret.evaluation.rows import row_matrices
+
+    cell = make_cell([0, 1, 1, 2, 3, 4, 5, 5], num_draws=1, bank_rows=12)
+    post = PostprocessParams(qbnorm_bank_size=12, qbnorm_beta=30.0, qbnorm_min_count=2, qbnorm_beta_v2t=70.0,
+                             qbnorm_min_count_v2t=3, dsl_temperature=10.0)
+    rows = dict(row_matrices(cell, post, chunk_size=3))
+    np.testing.assert_allclose(rows["t2v_qbnorm"][0], qbnorm_restated(cell.stage1, cell.bank_t2v, 30.0, min_count=2),
+                               atol=1e-9)
+    np.testing.assert_allclose(rows["v2t_qbnorm"][0], qbnorm_restated(cell.stage1.T, cell.bank_v2t, 70.0,
+                                                                      min_count=3), atol=1e-9)
+    assert not np.allclose(rows["v2t_qbnorm"][0], qbnorm_restated(cell.stage1.T, cell.bank_v2t, 30.0, min_count=2))
