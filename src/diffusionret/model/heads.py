@@ -169,16 +169,18 @@ class EMCLHead(nn.Module):
         return self.eval_block
 
     @staticmethod
-    def initial_basis(bases: int) -> torch.Tensor:
+    def initial_basis(bases: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """mu0 (1, K) as the official code draws it: N(0, 2/K) divided by 1e-6 + its norm over an axis of size 1,
-        i.e. the sign of each entry (+-1 up to 1e-6). Draws from torch's global RNG (seeded by the stage)."""
-        draw = torch.randn(1, bases) * math.sqrt(2.0 / bases)
+        i.e. the sign of each entry (+-1 up to 1e-6). Draws from `generator`, else torch's global RNG (seeded by
+        the stage)."""
+        draw = torch.randn(1, bases, generator=generator) * math.sqrt(2.0 / bases)
         return draw / (1e-6 + draw.norm(dim=0, keepdim=True))
 
     @torch.no_grad()
-    def reset_basis(self) -> None:
-        """Fresh +-1 bases (the official behaviour on reload, where mu0 was never saved)."""
-        self.basis.copy_(self.initial_basis(self.basis.shape[1]).to(self.basis.device))
+    def reset_basis(self, seed: int = 0) -> None:
+        """Fresh +-1 bases drawn under `seed` (the official behaviour on reload, where mu0 was never saved)."""
+        fresh = self.initial_basis(self.basis.shape[1], torch.Generator().manual_seed(seed))
+        self.basis.copy_(fresh.to(self.basis.device))
 
     def block_scores(self, sentence: torch.Tensor, video_frames: torch.Tensor, video_mask: torch.Tensor,
                      update_basis: bool) -> torch.Tensor:
