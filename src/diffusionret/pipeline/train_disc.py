@@ -103,7 +103,8 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
                              params.eval.chunk_size)
 
     logger = RunLogger(accelerator, params, repo_root, experiment=name, run_name=f"{name}/disc",
-                       tags={"stage": "disc", "benchmark": name, "seed": settings.seed,
+                       tags={"stage": "disc", "benchmark": name, "seed": settings.seed, "head": params.model.head,
+                             "augment": settings.augment,
                              "world_size": accelerator.num_processes, "global_batch": settings.global_batch,
                              "per_device_batch": settings.global_batch // accelerator.num_processes,
                              "micro_batches": split.micro_batches, "precision": settings.precision,
