@@ -15,6 +15,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 
 def _fit_length(array: np.ndarray, length: int) -> np.ndarray:
@@ -46,7 +47,8 @@ def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, evaluations: dict[s
     most frequent label; `chance` = 100 / number of labels; `converged` 1.0 when lbfgs stopped before max_iter.
     """
     model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))
-    with warnings.catch_warnings():
+    # one BLAS thread: these fits are small, and on a loaded 2-core machine more threads made them 30x slower
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(np.asarray(train_x, dtype=np.float32), train_y)
     labels, counts = np.unique(train_y, return_counts=True)
@@ -54,6 +56,8 @@ def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, evaluations: dict[s
     out = {"chance": 100.0 / len(labels),
            "converged": float(model[-1].n_iter_.max() < max_iter)}
     for split, (x, y) in evaluations.items():
-        out[split] = 100.0 * float(np.mean(model.predict(np.asarray(x, dtype=np.float32)) == y))
+        with threadpool_limits(limits=1):
+            predicted = model.predict(np.asarray(x, dtype=np.float32))
+        out[split] = 100.0 * float(np.mean(predicted == y))
         out[f"{split}_majority"] = 100.0 * float(np.mean(y == majority))
     return out

@@ -35,13 +35,13 @@ from diffusionret.diagnostics.meanings import ATTRIBUTES, MEANINGS_FILE, caption
 from diffusionret.diagnostics.noise_levels import noise_level_accuracy, noise_steps
 from diffusionret.diagnostics.probes import concatenated, masked_mean, probe_accuracy
 from diffusionret.diagnostics.ranking import positive_matrix
-from diffusionret.evaluation.scoring import Scores, score_queries
+from diffusionret.evaluation.cell import draw_seeds
+from diffusionret.evaluation.scoring import RerankSettings, Scores, score_queries
 from diffusionret.features.cache import SplitFeatures, load_split_features
 from diffusionret.features.encode import split_rows
 from diffusionret.method.diffusion import create_diffusion
 from diffusionret.method.rerank import t2v_block_denoiser, v2t_block_denoiser
 from diffusionret.model.checkpoint import load_extractor, load_generator
-from diffusionret.pipeline.evaluate import rerank_settings
 from diffusionret.pipeline.paths import Paths
 
 OUTPUT = "diagnostics.json"
@@ -180,7 +180,9 @@ def diagnose_cell(trained: str, evaluated: str, params: Params, paths: Paths) ->
                          f"for steps={params.diffusion.steps}, schedule={params.diffusion.schedule}")
     diffusion = create_diffusion(params.diffusion.steps, params.diffusion.schedule)
     test = load_split_features(paths.features(trained, evaluated), "test", params.data.features_loading)
-    rerank = rerank_settings(params)
+    rerank = RerankSettings(k=settings.rerank_k, temperature=settings.rerank_temperature,  # as `evaluate` does
+                            alpha=settings.rerank_alpha, seeds=draw_seeds(settings.seed, settings.num_samples),
+                            query_batch=settings.rerank_query_batch)
     score = dict(query_block=settings.chunk_size, generator=generator, diffusion=diffusion, rerank=rerank)
     t2v = score_queries(extractor.similarity, test.text, test.video, direction="t2v", **score)  # (C, V)
     v2t = score_queries(extractor.similarity, test.text, test.video, direction="v2t",
