@@ -187,3 +187,39 @@ def test_meanings_labels_and_a_real_benchmark(tmp_path):
     path.write_text('{"v0": {"colour": "red"}}')
     with pytest.raises(ValueError, match="lacks one of"):
         load_meanings(path)
+
+
+def test_a_real_benchmark_is_skipped_and_says_so(tmp_path):
+    """No meanings.json: diagnostics.json says why, nothing is loaded, and the report prints the reason."""
+    from pathlib import Path
+
+    import yaml
+
+    from diffusionret.config import params_from_dict
+    from diffusionret.pipeline.diagnose import run_diagnose
+    from diffusionret.pipeline.paths import Paths
+    from diffusionret.report.diagnostics import diagnostics_section
+
+    raw = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    params = params_from_dict(raw)
+    result = run_diagnose("synthetic", "msvd", params, Paths(tmp_path, params.data), tmp_path, log=False)
+    assert "meanings.json does not exist" in result["skipped"] and result["metrics"] == {}
+    written = (tmp_path / "eval" / "synthetic__msvd" / "diagnostics.json").read_text()
+    assert "not a synthetic benchmark" in written
+    section = diagnostics_section({"synthetic → msvd": result, "synthetic → synthetic": None})
+    assert "synthetic → msvd: skipped" in section and "synthetic → synthetic: no diagnostics.json" in section
+
+
+def test_report_section_prints_values_with_their_chance_levels():
+    from diffusionret.report.diagnostics import diagnostics_section
+
+    metrics = {"t2v/top1_motion": 11.0, "t2v/top1_motion_chance": 6.25, "t2v_rerank/top1_motion": 12.5,
+               "t2v_generator/generator_R1": 3.5, "t2v_generator/generator_R1_min": 3.0,
+               "t2v_generator/generator_R1_max": 4.0, "t2v_generator/p_entropy_uniform": math.log(32),
+               "t2v_generator/p_max": 0.0329, "t2v_noise/t0": 67.5, "t2v_noise/t0_shuffled": 32.6,
+               "t2v_noise/t0_copy_xt": 100.0, "t2v_noise/chance": 3.125,
+               "probe/frames/motion/val": 13.0, "probe/frames/motion/test": 12.0, "probe/frames/motion/chance": 6.25}
+    section = diagnostics_section({"A → B": {"skipped": None, "metrics": metrics, "k": 32, "noise_steps": [0]}})
+    assert "11.0 (6.2)" in section and "12.5 (6.2)" in section  # stage 1 and re-ranked, chance in parentheses
+    assert "3.5 (3.0–4.0)" in section and "0.0329 (0.0312)" in section
+    assert "67.5 / 32.6 / 100.0" in section and "13.0 / 12.0 (6.2)" in section
