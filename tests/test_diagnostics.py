@@ -29,7 +29,7 @@ VIDEOS = labels(["red", "red", "red", "blue"], ["circle", "circle", "square", "c
 def test_top1_attribute_accuracy_and_chance_by_hand():
     queries = labels(["red", "blue"], ["circle", "circle"], ["left", "left"])  # the meanings of v0 and v3
     scores = np.array([[0.1, 0.9, 0.2, 0.0],   # top-1 v1: red circle up -> colour, shape right, motion wrong
-                       [0.0, 0.1, 0.8, 0.3]])  # top-1 v2: red square left -> colour, shape wrong, motion right (query 1 is blue)
+                       [0.0, 0.1, 0.8, 0.3]])  # top-1 v2: red square left -> colour, shape wrong, motion right
     found = top1_attribute_accuracy(scores, queries, VIDEOS, np.random.default_rng(0))
     assert found["top1_colour"] == 50.0 and found["top1_shape"] == 50.0 and found["top1_motion"] == 50.0
     assert found["top1_colour_shape"] == 50.0 and found["top1_meaning"] == 0.0

@@ -53,7 +53,8 @@ def topk_composition(scores: np.ndarray, rows: Labels, columns: Labels, positive
     """
     k = min(k, scores.shape[1])
     topk = descending_order(scores, rng)[:, :k]  # (Q, k)
-    colour_shape_rows, colour_shape_columns = combined(rows, ("colour", "shape")), combined(columns, ("colour", "shape"))
+    colour_shape_rows = combined(rows, ("colour", "shape"))  # (Q,)
+    colour_shape_columns = combined(columns, ("colour", "shape"))  # (C,)
     same_colour = rows["colour"][:, None] == columns["colour"][topk]  # (Q, k)
     same_group = colour_shape_rows[:, None] == colour_shape_columns[topk]  # (Q, k)
     group_in_gallery = colour_shape_rows[:, None] == colour_shape_columns[None, :]  # (Q, C)

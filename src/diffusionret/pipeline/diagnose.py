@@ -90,7 +90,8 @@ def direction_diagnostics(direction: str, scores: Scores, query_labels: dict, ca
 
 
 @torch.no_grad()
-def backbone_frames(extractor, frames_dir: Path, video_ids: tuple[str, ...], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def backbone_frames(extractor, frames_dir: Path, video_ids: tuple[str, ...],
+                    batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame image features before the temporal module (V, T, D) and the frame mask (V, T) of `video_ids`."""
     cache = load_frame_cache(frames_dir)
     missing = [video for video in video_ids if video not in cache.row_of]
@@ -171,7 +172,14 @@ def diagnose_cell(trained: str, evaluated: str, params: Params, paths: Paths) ->
         return skipped(trained, evaluated, f"{meanings_path} does not exist: `{evaluated}` is not a synthetic "
                                            f"benchmark, so no video's meaning is known")
     settings, diag = params.eval, params.diagnostics
-    seconds, start = {}, time.perf_counter()
+    timings: dict[str, dict[str, float]] = {"seconds": {}, "cpu_seconds": {}}  # wall and CPU (all threads)
+    clock = [time.perf_counter(), time.process_time()]
+
+    def lap(part: str) -> None:
+        timings["seconds"][part] = round(time.perf_counter() - clock[0], 2)
+        timings["cpu_seconds"][part] = round(time.process_time() - clock[1], 2)
+        clock[:] = [time.perf_counter(), time.process_time()]
+
     extractor, _ = load_extractor(paths.disc_model(trained))
     generator, gen_meta = load_generator(paths.gen_model(trained))
     trained_with = gen_meta["diffusion"]
@@ -187,9 +195,8 @@ def diagnose_cell(trained: str, evaluated: str, params: Params, paths: Paths) ->
     t2v = score_queries(extractor.similarity, test.text, test.video, direction="t2v", **score)  # (C, V)
     v2t = score_queries(extractor.similarity, test.text, test.video, direction="v2t",
                         stage1=t2v.stage1.T.contiguous(), **score)  # (V, C)
-    seconds["load_and_score"] = time.perf_counter() - start
+    lap("load_and_score")
 
-    start = time.perf_counter()
     videos = video_labels(eval_meanings, test.annotations.video_ids, str(meanings_path))
     captions = caption_labels(videos, test.annotations.caption_video)
     caption_video = np.asarray(test.annotations.caption_video, dtype=np.int64)
@@ -204,20 +211,19 @@ def diagnose_cell(trained: str, evaluated: str, params: Params, paths: Paths) ->
         "v2t", v2t, videos, captions, positive_matrix(caption_video, test.annotations.num_videos, "v2t"),
         v2t_block_denoiser(test.video.frames, test.video.mask, test.text.sentence, generator.v2t), diffusion,
         **common))
-    seconds["ranking_and_noise"] = time.perf_counter() - start
+    lap("ranking_and_noise")
 
-    start = time.perf_counter()
     train_meanings = load_meanings(paths.raw(trained) / MEANINGS_FILE)
     probes_note = None
     if train_meanings is None:
         probes_note = f"no probes: {paths.raw(trained) / MEANINGS_FILE} does not exist (the trained benchmark is real)"
     else:
         metrics.update(probe_metrics(params, paths, trained, evaluated, extractor, train_meanings, eval_meanings))
-    seconds["probes"] = time.perf_counter() - start
+    lap("probes")
     return {"trained": trained, "evaluated": evaluated, "skipped": None, "probes_note": probes_note,
             "queries": {"t2v": test.annotations.num_captions, "v2t": test.annotations.num_videos},
             "k": rerank.k, "draws": len(rerank.seeds), "noise_steps": common["steps"],
-            "features": FEATURES, "seconds": {key: round(value, 2) for key, value in seconds.items()},
+            "features": FEATURES, **timings,
             "metrics": metrics}
 
 
@@ -264,7 +270,7 @@ def print_summary(result: dict) -> None:
     shown.update({key: round(value, 2) for key, value in metrics.items()
                   if key.startswith("t2v_noise/t") or (key.startswith("probe/") and key.endswith(("/val", "/test"))
                                                        and "/motion/" in key)})
-    print(f"diagnose {cell} ({result['seconds_total']} s: {result['seconds']}):")
+    print(f"diagnose {cell} ({result['seconds_total']} s wall: {result['seconds']}; CPU s: {result['cpu_seconds']}):")
     for key, value in shown.items():
         print(f"  {key}: {value}")
     where = f"; MLflow run {result['mlflow_run']}" if result.get("mlflow_run") else ""
