@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from diffusionret import tracking
 from diffusionret.config import Params
@@ -245,7 +246,15 @@ def run_diagnose(trained: str, evaluated: str, params: Params, paths: Paths, rep
                  log: bool = True) -> dict:
     """The stage: diagnose one cell, write eval/<A>__<B>/diagnostics.json, log it to MLflow."""
     start = time.perf_counter()
-    result = diagnose_cell(trained, evaluated, params, paths)
+    # one thread for torch and BLAS: every tensor here is small, and on the shared 2-core machine two threads
+    # cost 5x the CPU time (threads waiting for each other) for no gain in wall time
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            result = diagnose_cell(trained, evaluated, params, paths)
+    finally:
+        torch.set_num_threads(threads)
     result["seconds_total"] = round(time.perf_counter() - start, 2)
     out_dir = paths.evaluation(trained, evaluated)
     out_dir.mkdir(parents=True, exist_ok=True)
