@@ -223,3 +223,18 @@ def test_report_section_prints_values_with_their_chance_levels():
     assert "11.0 (6.2)" in section and "12.5 (6.2)" in section  # stage 1 and re-ranked, chance in parentheses
     assert "3.5 (3.0–4.0)" in section and "0.0329 (0.0312)" in section
     assert "67.5 / 32.6 / 100.0" in section and "13.0 / 12.0 (6.2)" in section
+
+
+def test_cli_diagnose_skips_a_real_benchmark(tmp_path, capsys):
+    import shutil
+    from pathlib import Path
+
+    from diffusionret.cli import main
+
+    shutil.copyfile(Path(__file__).parents[1] / "params.yaml", tmp_path / "params.yaml")
+    assert main(["diagnose", "--trained", "synthetic", "--evaluated", "msvd", "--params",
+                 str(tmp_path / "params.yaml"), "--no-mlflow"]) == 0
+    assert "skipped" in capsys.readouterr().out
+    assert (tmp_path / "eval" / "synthetic__msvd" / "diagnostics.json").is_file()
+    assert main(["diagnose", "--trained", "synthetic", "--evaluated", "nope", "--params",
+                 str(tmp_path / "params.yaml")]) == 2  # an unknown benchmark: a clear error, no traceback
