@@ -7,6 +7,7 @@
     diffusionret serve --index INDEX_DIR [--port 8765]
     diffusionret preset list | show NAME | apply NAME | run NAME [--backbone DIR_OR_HUB_ID] [-S key=value ...]
     diffusionret mlflow-url [--base http://127.0.0.1:5000]   (the run table of the first trained benchmark)
+    diffusionret diagnose --trained A --evaluated B [-S key=value ...] [--no-mlflow] [--json]   (synthetic cells)
 """
 
 from __future__ import annotations
@@ -280,6 +281,20 @@ def run_preset(args) -> int:
     return subprocess.call(command, env=hub_environment(args.offline))
 
 
+def run_diagnose_command(args) -> int:
+    """`diagnose`: the diagnose stage's work on one cell, with params (and -S overrides) from --params."""
+    from diffusionret.pipeline.diagnose import print_summary, run_diagnose  # lazy: torch, sklearn
+    from diffusionret.pipeline.paths import Paths
+
+    params = load_with_overrides(args.params, args.overrides)
+    params.benchmark(args.trained), params.benchmark(args.evaluated)
+    root = args.params.resolve().parent
+    result = run_diagnose(args.trained, args.evaluated, params, Paths(root, params.data), root,
+                          log=not args.no_mlflow)
+    print(json.dumps(result, indent=2)) if args.json else print_summary(result)
+    return 0
+
+
 def _add_preset_parser(commands) -> None:
     preset = commands.add_parser("preset", help="paper presets: the official recipe of one benchmark, one command")
     preset_commands = preset.add_subparsers(dest="preset_command", required=True)
@@ -333,6 +348,15 @@ def main(argv: list[str] | None = None) -> int:
                                                  "trained benchmark (classic, model-training view)")
     url.add_argument("--base", default="http://127.0.0.1:5000", help="where `mlflow ui` / `mlflow server` listens")
     url.add_argument("--params", type=Path, default=Path("params.yaml"))
+    diagnose = commands.add_parser("diagnose", help="diagnostics of a synthetic evaluation cell (attribute accuracy, "
+                                                    "generator-only ranks, noise levels, probes) -> "
+                                                    "eval/<A>__<B>/diagnostics.json; a real benchmark is skipped")
+    diagnose.add_argument("--trained", required=True, help="the benchmark the models were trained on (A)")
+    diagnose.add_argument("--evaluated", required=True, help="the benchmark whose test set is diagnosed (B)")
+    diagnose.add_argument("--params", type=Path, default=Path("params.yaml"))
+    diagnose.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    diagnose.add_argument("--no-mlflow", action="store_true", help="do not log to the cell's evaluation run")
+    diagnose.add_argument("--json", action="store_true", help="print the whole result as JSON")
     from diffusionret.search import commands as search_commands  # parsers only; heavy imports on use
 
     search_commands.add_commands(commands)
@@ -356,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if result["complete"] else 1
         elif args.command == "preset":
             return run_preset(args)
+        elif args.command == "diagnose":
+            return run_diagnose_command(args)
         elif args.command == "mlflow-url":
             params = load_with_overrides(args.params, [])
             tracking.configure(params.tracking.tracking_uri, params.tracking.artifact_root,

@@ -416,6 +416,25 @@ class TrackingParams:
 
 
 @dataclass(frozen=True)
+class DiagnosticsParams:
+    """The `diagnose` stage (synthetic benchmarks only): attribute accuracy, generator-only ranks, noise levels, probes."""
+
+    seed: int = 0  # random tie-breaking, the noise of the noise-level test, the query shuffle
+    noise_fractions: tuple[float, ...] = (0.0, 0.4, 0.5, 1.0)  # noise-level test at t = min(floor(f T), T - 1)
+    noise_draws: int = 4  # noise draws per list and noise level
+    probe_c: float = 1.0  # inverse L2 strength of the logistic-regression probes (scikit-learn's C)
+    probe_max_iter: int = 1000  # lbfgs iterations of a probe
+    probe_backbone_frames: bool = True  # also probe the frame features before the temporal module (re-encodes frames)
+
+    def validate(self, path: str) -> None:
+        _check(len(self.noise_fractions) >= 1 and all(0.0 <= f <= 1.0 for f in self.noise_fractions),
+               f"{path}.noise_fractions", self.noise_fractions, "a non-empty list of numbers in [0, 1]")
+        _check(self.noise_draws >= 1, f"{path}.noise_draws", self.noise_draws, "an integer >= 1")
+        _check(self.probe_c > 0, f"{path}.probe_c", self.probe_c, "> 0")
+        _check(self.probe_max_iter >= 1, f"{path}.probe_max_iter", self.probe_max_iter, "an integer >= 1")
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = 42
     benchmarks: dict[str, BenchmarkParams] = field(default_factory=dict)
@@ -428,13 +447,14 @@ class Params:
     eval: EvalParams = field(default_factory=EvalParams)
     postprocess: PostprocessParams = field(default_factory=PostprocessParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
+    diagnostics: DiagnosticsParams = field(default_factory=DiagnosticsParams)
 
     def validate(self) -> None:
         _check(len(self.benchmarks) >= 1, "benchmarks", self.benchmarks, "at least one benchmark")
         for name, bench in self.benchmarks.items():
             bench.validate(f"benchmarks.{name}")
         for section in ("data", "preprocess", "model", "diffusion", "train", "train_gen", "eval", "postprocess",
-                        "tracking"):
+                        "tracking", "diagnostics"):
             getattr(self, section).validate(section)
         for path, names in (("train.benchmarks", self.train.benchmarks), ("eval.benchmarks", self.eval.benchmarks)):
             for name in names:

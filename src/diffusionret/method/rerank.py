@@ -116,11 +116,7 @@ def rerank_t2v(
     device = next(denoiser.parameters()).device
     query_sentence, video_frames, video_mask = query_sentence.to(device), video_frames.to(device), video_mask.to(device)
 
-    def block_denoiser(rows: torch.Tensor, candidates: torch.Tensor) -> DenoiseFn:
-        # query_sentence[rows] (b, D), video_frames[candidates] (b, k, T, D), video_mask[candidates] (b, k, T)
-        condition = denoiser.condition(query_sentence[rows], video_frames[candidates], video_mask[candidates])
-        return lambda x_t, t: denoiser.denoise(x_t, t, condition)
-
+    block_denoiser = t2v_block_denoiser(query_sentence, video_frames, video_mask, denoiser)
     return _run(scores, block_denoiser, denoiser, diffusion, k, temperature, alpha, seed, query_batch, device)
 
 
@@ -143,12 +139,32 @@ def rerank_v2t(
     device = next(denoiser.parameters()).device
     text_sentence, video_frames, video_mask = text_sentence.to(device), video_frames.to(device), video_mask.to(device)
 
+    block_denoiser = v2t_block_denoiser(video_frames, video_mask, text_sentence, denoiser)
+    return _run(scores, block_denoiser, denoiser, diffusion, k, temperature, alpha, seed, query_batch, device)
+
+
+def t2v_block_denoiser(query_sentence: torch.Tensor, video_frames: torch.Tensor, video_mask: torch.Tensor,
+                       denoiser: nn.Module) -> BlockDenoiserFactory:
+    """The t2v block denoiser: query rows index the sentences (Q, D), candidates the videos (V, T, D) / (V, T)."""
+
+    def block_denoiser(rows: torch.Tensor, candidates: torch.Tensor) -> DenoiseFn:
+        # query_sentence[rows] (b, D), video_frames[candidates] (b, k, T, D), video_mask[candidates] (b, k, T)
+        condition = denoiser.condition(query_sentence[rows], video_frames[candidates], video_mask[candidates])
+        return lambda x_t, t: denoiser.denoise(x_t, t, condition)
+
+    return block_denoiser
+
+
+def v2t_block_denoiser(video_frames: torch.Tensor, video_mask: torch.Tensor, text_sentence: torch.Tensor,
+                       denoiser: nn.Module) -> BlockDenoiserFactory:
+    """The v2t block denoiser: query rows index the videos (V, T, D) / (V, T), candidates the sentences (Q, D)."""
+
     def block_denoiser(rows: torch.Tensor, candidates: torch.Tensor) -> DenoiseFn:
         # text_sentence[candidates] (b, k, D), video_frames[rows] (b, T, D), video_mask[rows] (b, T)
         condition = denoiser.condition(text_sentence[candidates], video_frames[rows], video_mask[rows])
         return lambda x_t, t: denoiser.denoise(x_t, t, condition)
 
-    return _run(scores, block_denoiser, denoiser, diffusion, k, temperature, alpha, seed, query_batch, device)
+    return block_denoiser
 
 
 def _check_rows(scores: torch.Tensor, num_rows: int, num_columns: int, rows_name: str, columns_name: str) -> None:

@@ -21,6 +21,7 @@ from diffusionret.config import Params
 from diffusionret.pipeline.paths import Paths
 from diffusionret.report.figures import (loss_figure, ood_histogram_figure, rank_figure, read_loss_csv,
                                          recall_figure)
+from diffusionret.report.diagnostics import diagnostics_section
 from diffusionret.report.tables import OOD_DETECT, CellResult, results_markdown
 
 OOD_KEY = "ood__"  # per-query OOD scores in scores.npz: ood__<direction>__<id|ood>__<score>
@@ -38,6 +39,12 @@ def load_cell(paths: Paths, trained: str, evaluated: str) -> tuple[CellResult, d
     with np.load(files["curves.npz"]) as stored:
         curves = {name: stored[name] for name in stored.files}
     return result, curves
+
+
+def load_diagnostics(paths: Paths, trained: str, evaluated: str) -> dict | None:
+    """eval/<A>__<B>/diagnostics.json of the `diagnose` stage, None when it has not been written."""
+    path = paths.evaluation(trained, evaluated) / "diagnostics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def load_ood_scores(paths: Paths, trained: str, evaluated: str) -> dict[str, dict[str, dict[str, np.ndarray]]]:
@@ -91,7 +98,10 @@ def write_report(params: Params, paths: Paths, out_dir: Path) -> tuple[Path, lis
                 figures[f"{key}_ood"] = ood_figures(result, paths, figures_dir)
     relative = {key: [str(path.relative_to(out_dir)) for path in found] for key, found in figures.items()}
     markdown = out_dir / "results.md"
-    markdown.write_text(results_markdown(results, trained, evaluated, relative))
+    diagnostics = {f"{source} → {target}": load_diagnostics(paths, source, target)
+                   for source in trained for target in evaluated}
+    markdown.write_text(results_markdown(results, trained, evaluated, relative) + "\n"
+                        + diagnostics_section(diagnostics))
     return markdown, results, figures
 
 

@@ -1,0 +1,53 @@
+"""The generator alone as a ranker of each query's top-k, beside stage 1's order of the same k candidates.
+
+p = softmax(x0_hat * temperature) is what re-ranking adds to the stage-1 scores; ranking the top-k by p alone
+(ties at random, never by stage-1 order) shows what the generator knows. A nearly uniform p (max close to 1/k,
+entropy close to ln k) adds almost the same amount to every candidate and leaves stage 1's order in place.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from diffusionret.diagnostics.ranking import best_positive_rank, descending_order
+
+
+def rank_summary(ranks: np.ndarray, prefix: str) -> dict:
+    """R@1 (% of all queries) and mean 1-based rank (over queries with a true candidate in the list)."""
+    found = ranks > 0
+    return {f"{prefix}_R1": 100.0 * float(np.mean(ranks == 1)),
+            f"{prefix}_mean_rank": float(ranks[found].mean()) if found.any() else float("nan")}
+
+
+def generator_vs_stage1(probabilities: np.ndarray, stage1_topk: np.ndarray, positives_topk: np.ndarray,
+                        rng: np.random.Generator) -> dict:
+    """Generator-only and stage-1 rankings of the same top-k lists.
+
+    probabilities: (Q, k) p of each query's top-k; stage1_topk: (Q, k) stage-1 scores of the same candidates;
+    positives_topk: (Q, k) bool, true candidates. R@1 counts a query without a true candidate in its top-k as a miss.
+    Also: `true_in_topk` (%), `p_max` (mean over queries of max p), `p_entropy` (mean entropy, nats) beside
+    `p_entropy_uniform` = ln k, and `p_top_tied` (% of queries whose largest p is shared: ties decided at random).
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    generator = best_positive_rank(descending_order(probabilities, rng), positives_topk)  # (Q,)
+    stage1 = best_positive_rank(descending_order(stage1_topk, rng), positives_topk)
+    top = probabilities.max(axis=1, keepdims=True)
+    entropy = -(probabilities * np.log(np.clip(probabilities, 1e-30, None))).sum(axis=1)
+    return {**rank_summary(generator, "generator"), **rank_summary(stage1, "stage1"),
+            "true_in_topk": 100.0 * float(np.mean(generator > 0)),
+            "p_max": float(top.mean()), "p_entropy": float(entropy.mean()),
+            "p_entropy_uniform": math.log(probabilities.shape[1]),
+            "p_top_tied": 100.0 * float(np.mean((probabilities == top).sum(axis=1) > 1))}
+
+
+def mean_over_draws(per_draw: list[dict]) -> dict:
+    """Each key's mean over the draws, with `<key>_min` / `<key>_max` when there are several draws."""
+    out = {}
+    for key in per_draw[0]:
+        values = np.array([draw[key] for draw in per_draw], dtype=np.float64)
+        out[key] = float(values.mean())
+        if len(per_draw) > 1:
+            out[f"{key}_min"], out[f"{key}_max"] = float(values.min()), float(values.max())
+    return out
