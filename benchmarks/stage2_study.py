@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("-S", dest="overrides", action="append", default=[], help="section.key=value")
     parser.add_argument("--train", action="store_true", help="run train_gen with the overrides first")
     parser.add_argument("--tag", default="")
-    parser.add_argument("--out", default="study/stage2_study.jsonl")
+    parser.add_argument("--out", default="data/stage2_study.jsonl")
     args = parser.parse_args()
     root = Path.cwd()
     data = yaml.safe_load((root / "params.yaml").read_text())
