@@ -35,7 +35,7 @@ from diffusionret.evaluation.rows import (cell_metrics, faithful_v2t_defined, he
 from diffusionret.evaluation.scoring import RerankSettings
 from diffusionret.features.cache import load_split_features
 from diffusionret.method.diffusion import create_diffusion
-from diffusionret.model.checkpoint import load_extractor, load_generator
+from diffusionret.model.checkpoint import load_extractor, load_generator, read_metadata
 from diffusionret.pipeline.paths import Paths
 
 # the eval.* keys this stage reads (dvc.yaml declares the same list; not benchmarks / batch_size)
@@ -99,9 +99,10 @@ def write_json(path: Path, values: dict) -> None:
 
 
 def describe_cell(trained: str, evaluated: str, cell: CellScores, metrics: dict[str, float], params: Params,
-                  parent: dict) -> dict:
+                  parent: dict, rerank: RerankSettings | None = None) -> dict:
     """cell.json: what was evaluated, how (draws, ties, bank, post-processing, re-ranking), and where it went."""
     settings, post = params.eval, params.postprocess
+    rerank = rerank or rerank_settings(params)
     return {
         "trained": trained, "evaluated": evaluated, "ood": trained != evaluated,
         "source": params.benchmark(evaluated).source,
@@ -111,8 +112,9 @@ def describe_cell(trained: str, evaluated: str, cell: CellScores, metrics: dict[
         "num_queries": int(cell.stage1.shape[0]), "num_videos": cell.num_videos,
         "bank": {"captions": int(len(cell.bank_captions)), "videos": int(len(cell.bank_videos)),
                  "source": f"{trained}/train"},
-        "postprocess": flatten(post), "rerank": {"k": settings.rerank_k, "temperature": settings.rerank_temperature,
-                                                 "alpha": settings.rerank_alpha},
+        "postprocess": flatten(post), "rerank": {"k": settings.rerank_k, "temperature": rerank.temperature,
+                                                 "alpha": rerank.alpha, "from": settings.rerank_from,
+                                                 "clamp_final": rerank.clamp_final, "stop_step": rerank.stop_step},
         "diffusion": flatten(params.diffusion), "parent_run": parent, "mlflow_runs": {},
         "ood_detect": None if cell.ood is None else {
             "seconds": round(cell.ood.seconds, 2), "gallery": f"{trained}/test",
@@ -181,7 +183,8 @@ def evaluate_cell(trained: str, evaluated: str, params: Params, paths: Paths, re
     for row, values in headline_files(metrics).items():
         write_json(out_dir / "headline" / f"{row}.json", values)
     parent = tracking.read_run_reference(paths.disc_model(trained) / "mlflow_run.json")
-    description = describe_cell(trained, evaluated, cell, metrics, params, parent)
+    used = rerank_settings(params, read_metadata(paths.gen_model(trained)))  # the temperature/alpha scored with
+    description = describe_cell(trained, evaluated, cell, metrics, params, parent, used)
     description.update(log_runs(trained, evaluated, cell, metrics, params, parent, out_dir, repo_root))
     write_json(out_dir / "cell.json", description)
     return metrics
