@@ -46,10 +46,17 @@ def feature_batch(features: SplitFeatures, keys: torch.Tensor, indices: np.ndarr
 def mined_lists(extractor: FeatureExtractor, features: SplitFeatures, keys: torch.Tensor, settings,
                 chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each training caption's stage-1 top-k videos (C, k) and each video's top-k captions (V, k), own video
-    excluded (`method.mining.stage1_top_k`), computed once from the cached features in blocks."""
+    excluded (`method.mining.stage1_top_k`), computed once from the cached features in blocks. k is
+    train_gen.mined_top_k, lowered to what a small training gallery holds (its videos - 1, and the captions of the
+    other videos); num_negatives must stay below it."""
+    per_video = int(torch.bincount(keys).max())
+    k = min(settings.mined_top_k, len(features.video) - 1, len(keys) - per_video)
+    if settings.num_negatives >= k:
+        raise ValueError(f"train_gen.num_negatives={settings.num_negatives} needs a mined top-k above it, but the "
+                         f"training split holds only {len(features.video)} videos (top-k at most {k}); lower "
+                         f"train_gen.num_negatives or use train_gen.negatives: batch")
     with torch.no_grad():
-        return stage1_top_k(extractor.similarity, features.text, features.video, keys, settings.mined_top_k,
-                            query_block=chunk_size)
+        return stage1_top_k(extractor.similarity, features.text, features.video, keys, k, query_block=chunk_size)
 
 
 def mined_batch(features: SplitFeatures, keys: torch.Tensor, indices: np.ndarray, local: np.ndarray,
