@@ -108,10 +108,13 @@ def choose_rerank_on_val(generator: Generator, diffusion: GaussianDiffusion, ext
                          features: SplitFeatures, rerank: RerankSettings, chunk_size: int,
                          temperatures: tuple[float, ...], alphas: tuple[float, ...]) -> dict:
     """The (temperature, alpha) of the grid with the best val re-ranked R@1, t2v + v2t summed (more queries than
-    one direction: less selection noise), ties by the summed mean reciprocal rank, then the grid order.
+    one direction: less selection noise; t2v alone when a val video has several captions), ties by the summed mean
+    reciprocal rank, then the grid order.
     One DDIM draw per direction; each pair only re-weights its x0_hat, so the grid costs no extra sampling."""
     results = []
-    for direction in ("t2v", "v2t"):
+    counts = np.bincount(np.asarray(features.annotations.caption_video), minlength=len(features.video))
+    directions = ("t2v", "v2t") if (counts == 1).all() else ("t2v",)  # v2t needs one caption per val video
+    for direction in directions:
         scores, targets = validation_scores(generator, diffusion, extractor, features, rerank, chunk_size, direction)
         results.append((scores.stage1, scores.draws[0], targets))
     best = None
