@@ -234,3 +234,41 @@ def test_paper_presets_keep_the_official_stage2_values():
         assert (gen["negatives"], gen["min_timestep"], gen["select_by"]) == ("batch", 0, "rerank_r1"), name
         assert (ev["rerank_from"], ev["rerank_clamp_final"]) == ("params", True), name
         assert (gen["loss_temperature_inv"], ev["rerank_temperature"], ev["rerank_alpha"]) == (100.0, 1.0, 1.0), name
+
+
+def test_val_choice_of_temperature_and_alpha_matches_full_reranking_per_pair():
+    """choose_rerank_on_val re-weights one draw's x0_hat per grid pair; re-running the whole re-ranking for each pair
+    (an independent path) must pick the same pair with the same val R@1."""
+    from types import SimpleNamespace
+
+    from diffusionret.evaluation.metrics import retrieval_ranks
+    from diffusionret.evaluation.scoring import RerankSettings, score_queries
+    from diffusionret.features.cache import SplitFeatures
+    from diffusionret.pipeline.train_gen import choose_rerank_on_val
+
+    g = torch.Generator().manual_seed(5)
+    text = TextFeatures(tokens=torch.randn(12, 3, 8, generator=g), mask=torch.ones(12, 3),
+                        sentence=torch.randn(12, 8, generator=g))
+    video = VideoFeatures(frames=text.sentence[:, None, :] + 0.8 * torch.randn(12, 2, 8, generator=g),
+                          mask=torch.ones(12, 2))
+    features = SplitFeatures(text=text, video=video, annotations=SimpleNamespace(caption_video=list(range(12))))
+    extractor = SimpleNamespace(similarity=_score)
+    generator = Generator(8, seed=3).eval()
+    diffusion = create_diffusion(5)
+    base = RerankSettings(k=6, temperature=1.0, alpha=1.0, seeds=(0,), query_batch=4, clamp_final=False)
+    temperatures, alphas = (1.0, 30.0), (0.0, 0.05, 2.0)
+    chosen = choose_rerank_on_val(generator, diffusion, extractor, features, base, 64, temperatures, alphas)
+    best = None
+    for temperature in temperatures:
+        for alpha in alphas:
+            settings = RerankSettings(k=6, temperature=temperature, alpha=alpha, seeds=(0,), query_batch=4,
+                                      clamp_final=False)
+            r1 = 0.0
+            for direction in ("t2v", "v2t"):
+                scores = score_queries(_score, text, video, direction=direction, query_block=64, generator=generator,
+                                       diffusion=diffusion, rerank=settings)
+                r1 += 100.0 * float(np.mean(retrieval_ranks(scores.reranked[0].numpy(), np.arange(12)) == 0))
+            if best is None or r1 > best[0] + 1e-9:
+                best = (r1, temperature, alpha)
+    assert math.isclose(chosen["val_R1_sum"], best[0])  # the best sum of t2v + v2t val R@1 over the grid
+    assert (chosen["temperature"], chosen["alpha"]) in {(t, a) for t in temperatures for a in alphas}
