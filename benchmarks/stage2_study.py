@@ -28,6 +28,7 @@ import yaml
 from diffusionret.config import params_from_dict, split_override
 from diffusionret.evaluation.metrics import retrieval_ranks
 from diffusionret.evaluation.scoring import score_queries
+from diffusionret.evaluation.within_topk import direction_targets, generator_top1_hits
 from diffusionret.features.cache import load_split_features
 from diffusionret.method.diffusion import create_diffusion
 from diffusionret.model.checkpoint import load_extractor, load_generator
@@ -39,20 +40,6 @@ def paired_bootstrap(delta: np.ndarray, resamples: int = 10000, seed: int = 0) -
     rng = np.random.default_rng(seed)
     means = delta[rng.integers(0, len(delta), size=(resamples, len(delta)))].mean(axis=1)
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def generator_only_hits(x0_hat: np.ndarray, topk: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """(Q,) expected top-1 hit of the target within the top-k by x0_hat alone, ties broken at random."""
-    hits = np.zeros(len(targets))
-    for row, target in enumerate(targets):
-        where = np.flatnonzero(topk[row] == target)
-        if len(where) == 0:
-            continue
-        value = x0_hat[row, where[0]]
-        if (x0_hat[row] > value).any():
-            continue
-        hits[row] = 1.0 / (x0_hat[row] == value).sum()
-    return hits
 
 
 def measure(params, paths: Paths, name: str, split: str, gen_dir: Path) -> list[dict]:
@@ -70,15 +57,11 @@ def measure(params, paths: Paths, name: str, split: str, gen_dir: Path) -> list[
         scores = score_queries(extractor.similarity, features.text, features.video, direction=direction,
                                query_block=params.eval.chunk_size, generator=generator, diffusion=diffusion,
                                rerank=settings)
-        if direction == "t2v":
-            targets = caption_video
-        else:  # one caption per val/test video on the synthetic benchmark: its index
-            targets = np.empty(len(features.video), dtype=np.int64)
-            targets[caption_video] = np.arange(len(caption_video))
+        targets = direction_targets(caption_video, len(features.video), direction)
         stage1 = retrieval_ranks(scores.stage1.numpy(), targets) == 0
         draw = scores.draws[0]
         reranked = retrieval_ranks(draw.scores.numpy(), targets) == 0
-        generator_hits = generator_only_hits(draw.x0_hat.numpy(), draw.topk_indices.numpy(), targets)
+        generator_hits = generator_top1_hits(draw.x0_hat, draw.topk_indices, targets)
         top = draw.x0_hat.numpy()
         clamp_ties = float(np.mean([(row == row.max()).sum() > 1 for row in top]))
         delta = reranked.astype(float) - stage1.astype(float)
