@@ -35,7 +35,7 @@ def test_repository_params_load(raw):
         (lambda p: p["train"].__setitem__("steps", "many"), "train.steps", "many", "an integer"),
         (lambda p: p["benchmarks"]["synthetic"].__setitem__("source", "youtube"), "benchmarks.synthetic.source",
          "youtube", "synthetic, msrvtt"),
-        (lambda p: p["train_gen"].__setitem__("num_negatives", 64), "train_gen.num_negatives", "64",
+        (lambda p: p["train_gen"].update(negatives="batch", num_negatives=64), "train_gen.num_negatives", "64",
          "global_batch - 1"),
         (lambda p: p["diffusion"].__setitem__("schedule", "sigmoid"), "diffusion.schedule", "sigmoid", "cosine"),
     ],

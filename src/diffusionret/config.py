@@ -34,6 +34,9 @@ HEADS_WITH_PARAMS = ("emcl", "dicosa")  # heads with their own block under `mode
 OPTIMIZERS = ("adamw", "bertadam")
 SCHEDULES = ("cosine", "linear")
 PRECISIONS = ("fp32", "bf16")
+NEGATIVE_SOURCES = ("batch", "mined")
+GEN_SELECTION_METRICS = ("rerank_r1", "generator_r1")
+RERANK_SOURCES = ("params", "training", "val")
 
 
 class ConfigError(ValueError):
@@ -331,11 +334,31 @@ class TrainGenParams(StageTrainParams):
     negative_value: float = 0.0  # x0 entry of the negatives (official --neg: 0 or -1)
     frame_temperature: float = 1.0  # tau_f of the denoisers' text-frame attention pooling
     faithful_negatives: bool = False  # the official hard-negative pick (may include the query's own item)
+    # --- beyond the official code (official values: batch, 0, rerank_r1, [], []) ---
+    negatives: str = "batch"  # batch: hardest in-batch (official); mined: from each query's stage-1 top-k (train gallery)
+    mined_top_k: int = 32  # with negatives: mined, each list's negatives are drawn from this top-k (own video excluded)
+    min_timestep: int = 0  # train on t in [min_timestep, T-1]; re-ranking then stops at this step
+    select_by: str = "rerank_r1"  # checkpoint metric on val: rerank_r1 (official) | generator_r1 (tie-free)
+    rerank_temperatures: tuple[float, ...] = ()  # with eval.rerank_from: val, the grids searched on val
+    rerank_alphas: tuple[float, ...] = ()
 
     def validate(self, path: str) -> None:
         super().validate(path)
-        _check(1 <= self.num_negatives <= self.global_batch - 1, f"{path}.num_negatives", self.num_negatives,
-               f"an integer in [1, global_batch - 1 = {self.global_batch - 1}]")
+        _in(f"{path}.negatives", self.negatives, NEGATIVE_SOURCES)
+        _in(f"{path}.select_by", self.select_by, GEN_SELECTION_METRICS)
+        if self.negatives == "batch":
+            _check(1 <= self.num_negatives <= self.global_batch - 1, f"{path}.num_negatives", self.num_negatives,
+                   f"an integer in [1, global_batch - 1 = {self.global_batch - 1}]")
+        else:
+            _check(1 <= self.num_negatives < self.mined_top_k, f"{path}.num_negatives", self.num_negatives,
+                   f"an integer in [1, mined_top_k - 1 = {self.mined_top_k - 1}] (each list samples from the top-k)")
+        _check(self.mined_top_k >= 2, f"{path}.mined_top_k", self.mined_top_k, "an integer >= 2")
+        _check(self.min_timestep >= 0, f"{path}.min_timestep", self.min_timestep,
+               "an integer in [0, diffusion.steps - 1]")
+        _check(all(value > 0 for value in self.rerank_temperatures), f"{path}.rerank_temperatures",
+               self.rerank_temperatures, "a list of numbers > 0")
+        _check(all(value >= 0 for value in self.rerank_alphas), f"{path}.rerank_alphas", self.rerank_alphas,
+               "a list of numbers >= 0")
         _check(self.loss_temperature_inv > 0, f"{path}.loss_temperature_inv", self.loss_temperature_inv, "> 0")
         _check(self.negative_value in (0.0, -1.0), f"{path}.negative_value", self.negative_value, "0 or -1")
         _check(self.frame_temperature > 0, f"{path}.frame_temperature", self.frame_temperature, "> 0")
@@ -354,9 +377,14 @@ class EvalParams:
     num_samples: int = 3  # DDIM draws per query; re-ranked metrics are their mean, with `<name>_std`
     faithful_msvd_grouping: bool = False  # also report the released off-by-one MSVD grouping (`*_faithful/`)
     selection: str = "val"  # split that chose the checkpoints: val, or test (the official protocol, tagged)
+    # --- beyond the official code (official values: params, true) ---
+    rerank_from: str = "params"  # temperature/alpha: params (the two keys above) | training (temperature =
+    #                              train_gen.loss_temperature_inv) | val (chosen by train_gen on val)
+    rerank_clamp_final: bool = True  # false: re-rank by the final x0_hat unclamped (no ties at the +1 clamp)
 
     def validate(self, path: str) -> None:
         _check(len(self.benchmarks) >= 1, f"{path}.benchmarks", self.benchmarks, "a non-empty list")
+        _in(f"{path}.rerank_from", self.rerank_from, RERANK_SOURCES)
         _check(self.num_samples >= 1, f"{path}.num_samples", self.num_samples, "an integer >= 1")
         _in(f"{path}.selection", self.selection, ("val", "test"))
         _check(self.batch_size >= 1, f"{path}.batch_size", self.batch_size, "an integer >= 1")
@@ -456,6 +484,8 @@ class Params:
         for section in ("data", "preprocess", "model", "diffusion", "train", "train_gen", "eval", "postprocess",
                         "tracking", "diagnostics"):
             getattr(self, section).validate(section)
+        _check(self.train_gen.min_timestep < self.diffusion.steps, "train_gen.min_timestep",
+               self.train_gen.min_timestep, f"an integer in [0, diffusion.steps - 1 = {self.diffusion.steps - 1}]")
         for path, names in (("train.benchmarks", self.train.benchmarks), ("eval.benchmarks", self.eval.benchmarks)):
             for name in names:
                 _check(name in self.benchmarks, path, name, f"a benchmark defined under `benchmarks` "

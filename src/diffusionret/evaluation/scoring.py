@@ -36,6 +36,8 @@ class RerankSettings:
     alpha: float
     seeds: tuple[int, ...]
     query_batch: int = 1024
+    clamp_final: bool = True  # False: the final x0_hat unclamped (no ties at +1), see GaussianDiffusion.ddim_sample
+    stop_step: int = 0  # the last DDIM step (the generator's train_gen.min_timestep)
 
 
 @dataclass
@@ -112,7 +114,7 @@ def score_queries(score_fn: ScoreFn, text: TextFeatures, video: VideoFeatures, *
     if generator is None or diffusion is None:
         raise ValueError("re-ranking needs the generator and its diffusion schedule")
     common = dict(k=min(rerank.k, stage1.shape[1]), temperature=rerank.temperature, alpha=rerank.alpha,
-                  query_batch=rerank.query_batch)
+                  query_batch=rerank.query_batch, clamp_final=rerank.clamp_final, stop_step=rerank.stop_step)
     draws = []
     with torch.no_grad():
         for seed in rerank.seeds:

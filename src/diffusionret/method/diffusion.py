@@ -85,10 +85,15 @@ class GaussianDiffusion:
         return self._per_device[device]
 
     def sample_timesteps(
-        self, batch: int, generator: torch.Generator, device: torch.device | str | None = None
+        self, batch: int, generator: torch.Generator, device: torch.device | str | None = None, min_step: int = 0
     ) -> torch.Tensor:
-        """t ~ Uniform{0, ..., T-1}, one per query, drawn with `generator` (on its device), moved to `device`."""
-        t = torch.randint(0, self.num_timesteps, (batch,), generator=generator, device=generator.device)  # (B,)
+        """t ~ Uniform{min_step, ..., T-1}, one per query, drawn with `generator` (on its device), moved to `device`.
+
+        min_step = 0 is the official uniform draw (and the same draws as before it existed)."""
+        if not 0 <= min_step < self.num_timesteps:
+            raise ValueError(f"min_step={min_step} must be in [0, {self.num_timesteps - 1}]")
+        t = torch.randint(min_step, self.num_timesteps, (batch,), generator=generator,
+                          device=generator.device)  # (B,)
         return t if device is None else t.to(device)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -115,8 +120,17 @@ class GaussianDiffusion:
         device: torch.device | str | None = None,
         clamp: bool = True,
         return_trajectory: bool = False,
+        clamp_final: bool = True,
+        stop_step: int = 0,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Deterministic DDIM (eta = 0) over all T steps from x_T ~ N(0, I); returns the final x0_hat.
+
+        Two options beyond the official sampler (the defaults are official):
+        - `clamp_final=False` returns the last prediction unclamped (the steps before it still use the clamped
+          x0_hat, as official). A clamped final x0_hat ties every candidate the network puts above +1, and a
+          ranking by it then falls back to the stage-1 order among them; the unclamped value keeps its order.
+        - `stop_step=s > 0` runs the steps T-1 ... s only and returns the x0_hat predicted at step s, for a
+          network trained only on steps >= s (it never sees a lower step).
 
         The start noise is either drawn with `generator` (on the generator's device, then moved to
         `device`) or passed as `noise` (exactly one of the two). With `return_trajectory` the list of
@@ -128,14 +142,21 @@ class GaussianDiffusion:
             noise = torch.randn(shape, generator=generator, device=generator.device)  # x_T, (B, N)
         elif tuple(noise.shape) != tuple(shape):
             raise ValueError(f"ddim_sample: noise shape {tuple(noise.shape)} != requested shape {tuple(shape)}")
+        if not 0 <= stop_step < self.num_timesteps:
+            raise ValueError(f"ddim_sample: stop_step={stop_step} must be in [0, {self.num_timesteps - 1}]")
         x = noise if device is None else noise.to(device)
         trajectory: list[torch.Tensor] = []
         x0_hat = x
-        for step in reversed(range(self.num_timesteps)):
+        for step in reversed(range(stop_step, self.num_timesteps)):
             abar, abar_prev = float(self._abar64[step]), float(self._abar_prev64[step])
             t = torch.full((shape[0],), step, dtype=torch.long, device=x.device)  # (B,)
             # 1. predicted original sample x0_hat ("predicted x_0" in DDIM eq. (12)), clamped to [-1, 1]
             x0_hat = denoise_fn(x, t)
+            if step == stop_step and (not clamp_final or stop_step > 0):
+                raw = x0_hat.clamp(-1.0, 1.0) if (clamp and clamp_final) else x0_hat  # the returned prediction
+                if return_trajectory:
+                    trajectory.append(raw)
+                return (raw, trajectory) if return_trajectory else raw
             if clamp:
                 x0_hat = x0_hat.clamp(-1.0, 1.0)
             if return_trajectory:

@@ -146,6 +146,7 @@ def stage2_loss(
     negative_value: float = 0.0,
     rows: slice | None = None,
     faithful_negatives: bool = False,
+    min_timestep: int = 0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L_gen = CE_t2v + CE_v2t for one batch (reference §8.2); returns (loss, detached per-direction terms).
 
@@ -169,35 +170,64 @@ def stage2_loss(
         rows: restricts the denoisers (and the loss) to those query rows, every draw still made for the whole
             batch: the loss is then (sum of the rows' CE terms) / B, so summing it over a partition of the rows
             gives exactly the full-batch loss (how processes and micro-batches split the work). None = all rows.
+        min_timestep: t is drawn from [min_timestep, T-1] (0 = official).
+    """
+    sentence, frames = sentence.detach(), frames.detach()
+    t2v_idx, v2t_idx = select_candidates(similarity.detach(), video_keys, num_negatives,
+                                         faithful_negatives)  # (B, N) each
+    rows = rows if rows is not None else slice(0, t2v_idx.shape[0])
+    t2v_rows, v2t_rows = t2v_idx[rows], v2t_idx[rows]  # (R, N)
+    return list_loss(generator, diffusion, sentence=sentence, frames=frames, frame_mask=frame_mask,
+                     candidate_frames=frames[t2v_rows], candidate_mask=frame_mask[t2v_rows],
+                     candidate_sentences=sentence[v2t_rows], num_candidates=t2v_idx.shape[1],
+                     temperature_inv=temperature_inv, generator_rng=generator_rng, positive_value=positive_value,
+                     negative_value=negative_value, rows=rows, min_timestep=min_timestep)
+
+
+def list_loss(
+    generator: Generator,
+    diffusion: GaussianDiffusion,
+    *,
+    sentence: torch.Tensor,
+    frames: torch.Tensor,
+    frame_mask: torch.Tensor,
+    candidate_frames: torch.Tensor,
+    candidate_mask: torch.Tensor,
+    candidate_sentences: torch.Tensor,
+    num_candidates: int,
+    temperature_inv: float,
+    generator_rng: torch.Generator,
+    positive_value: float = 1.0,
+    negative_value: float = 0.0,
+    rows: slice | None = None,
+    min_timestep: int = 0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L_gen of given candidate lists (column 0 the positive): what `stage2_loss` computes after picking them.
+
+    sentence (B, D), frames (B, T, D), frame_mask (B, T): the B pairs' own features (queries of t2v / v2t);
+    candidate_frames (R, N, T, D), candidate_mask (R, N, T): the t2v lists' videos and candidate_sentences
+    (R, N, D) the v2t lists' captions, for the R query rows `rows`; N = num_candidates. Draws, from
+    `generator_rng` for the whole batch: t (B,) in [min_timestep, T-1], then the t2v noise, then the v2t noise.
     """
     if diffusion.num_timesteps > generator.max_timesteps:
         raise ValueError(
             f"diffusion has {diffusion.num_timesteps} steps but the denoisers' timestep table has only "
             f"{generator.max_timesteps} rows; build the Generator with max_timesteps >= the diffusion steps"
         )
-    sentence, frames = sentence.detach(), frames.detach()
-    t2v_idx, v2t_idx = select_candidates(similarity.detach(), video_keys, num_negatives,
-                                         faithful_negatives)  # (B, N) each
-    batch, num_candidates = t2v_idx.shape
-    device = sentence.device
-
+    batch, device = sentence.shape[0], sentence.device
+    rows = rows if rows is not None else slice(0, batch)
     # x0 target: one-hot-like over the 1+K candidates, positive first (`--neg 0` or `--neg -1`)
     x0 = torch.full((batch, num_candidates), negative_value, dtype=sentence.dtype, device=device)  # (B, N)
     x0[:, 0] = positive_value
-    t = diffusion.sample_timesteps(batch, generator_rng, device)  # (B,)
+    t = diffusion.sample_timesteps(batch, generator_rng, device, min_step=min_timestep)  # (B,)
     noise_t2v = torch.randn(x0.shape, generator=generator_rng, device=generator_rng.device).to(device, x0.dtype)
     noise_v2t = torch.randn(x0.shape, generator=generator_rng, device=generator_rng.device).to(device, x0.dtype)
 
-    rows = rows if rows is not None else slice(0, batch)
-    t2v_rows, v2t_rows = t2v_idx[rows], v2t_idx[rows]  # (R, N)
-    share = t2v_rows.shape[0] / batch
-    candidate_frames = frames[t2v_rows]  # (R, N, T, D)
-    candidate_mask = frame_mask[t2v_rows]  # (R, N, T)
-    candidate_sentences = sentence[v2t_rows]  # (R, N, D)
+    share = candidate_frames.shape[0] / batch
     x_t_t2v = diffusion.q_sample(x0, t, noise_t2v)[rows]  # (R, N)
     x_t_v2t = diffusion.q_sample(x0, t, noise_v2t)[rows]
-    x0_hat_t2v = generator.t2v(x_t_t2v, t[rows], sentence[rows], candidate_frames, candidate_mask)
-    x0_hat_v2t = generator.v2t(x_t_v2t, t[rows], candidate_sentences, frames[rows], frame_mask[rows])
+    x0_hat_t2v = generator.t2v(x_t_t2v, t[rows], sentence[rows].detach(), candidate_frames.detach(), candidate_mask)
+    x0_hat_v2t = generator.v2t(x_t_v2t, t[rows], candidate_sentences.detach(), frames[rows].detach(), frame_mask[rows])
     loss_t2v = generation_loss(x0_hat_t2v, temperature_inv) * share
     loss_v2t = generation_loss(x0_hat_v2t, temperature_inv) * share
     return loss_t2v + loss_v2t, {"t2v": loss_t2v.detach(), "v2t": loss_v2t.detach()}

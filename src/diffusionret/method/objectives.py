@@ -8,7 +8,8 @@ micro-batch is re-encoded and back-propagated with its slice of that gradient. T
 full-batch gradient (the contrastive loss over the global batch does not depend on the micro-batching).
 
 `GenerationObjective` (stage 2): frozen cached features; the global batch's similarity picks each
-query's hardest negatives; both denoisers predict x0 from a noised one-hot (reference §5, §8.2). Every
+query's hardest negatives (or, with `train_gen.negatives: mined`, the batch carries lists drawn from each query's
+stage-1 top-k over the training gallery, `method.mining`); both denoisers predict x0 from a noised one-hot (reference §5, §8.2). Every
 process draws the same noise for the whole global batch and back-propagates only its own query rows.
 
 Both scale their loss so that AVERAGING the gradients over processes (training/loop.py) gives the gradient of the
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from diffusionret.method.losses import concept_decorrelation, contrastive_loss, gather_with_grad, stage2_loss
+from diffusionret.method.losses import concept_decorrelation, contrastive_loss, gather_with_grad, list_loss, stage2_loss
 from diffusionret.model.extractor import FeatureExtractor, TextFeatures, VideoFeatures
 from diffusionret.model.heads import DiCoSAHead
 
@@ -145,13 +146,24 @@ class GenerationObjective(nn.Module):
         for part in _micro_slices(local, self.partition.micro_batches):
             rows = slice(own_rows.start + part.start, own_rows.start + part.stop)
             self.noise.set_state(start_state)  # identical draws for the whole batch in every call
-            loss, parts = stage2_loss(
-                self.generator, self.diffusion, sentence=text.sentence, frames=video.frames,
-                frame_mask=video.mask, similarity=similarity, video_keys=gathered["video_key"],
-                num_negatives=self.settings.num_negatives, temperature_inv=self.settings.loss_temperature_inv,
-                generator_rng=self.noise, negative_value=self.settings.negative_value, rows=rows,
-                faithful_negatives=self.settings.faithful_negatives,
-            )
+            if "candidate_frames" in gathered:  # lists mined over the training gallery (method/mining.py)
+                loss, parts = list_loss(
+                    self.generator, self.diffusion, sentence=text.sentence, frames=video.frames,
+                    frame_mask=video.mask, candidate_frames=gathered["candidate_frames"][rows],
+                    candidate_mask=gathered["candidate_mask"][rows],
+                    candidate_sentences=gathered["candidate_sentences"][rows],
+                    num_candidates=gathered["candidate_frames"].shape[1],
+                    temperature_inv=self.settings.loss_temperature_inv, generator_rng=self.noise,
+                    negative_value=self.settings.negative_value, rows=rows, min_timestep=self.settings.min_timestep,
+                )
+            else:  # the official in-batch pick
+                loss, parts = stage2_loss(
+                    self.generator, self.diffusion, sentence=text.sentence, frames=video.frames,
+                    frame_mask=video.mask, similarity=similarity, video_keys=gathered["video_key"],
+                    num_negatives=self.settings.num_negatives, temperature_inv=self.settings.loss_temperature_inv,
+                    generator_rng=self.noise, negative_value=self.settings.negative_value, rows=rows,
+                    faithful_negatives=self.settings.faithful_negatives, min_timestep=self.settings.min_timestep,
+                )
             # loss = (sum over these rows) / B; times world size so that averaging over processes sums them
             (loss * self.partition.world_size).backward()
             total = total + loss.detach()

@@ -53,6 +53,8 @@ def rerank_scores(
     seed: int,
     query_batch: int = 1024,
     device: torch.device | str | None = None,
+    clamp_final: bool = True,
+    stop_step: int = 0,
 ) -> RerankResult:
     """Re-rank the top-k of every row of `scores` (Q, C) with DDIM samples from `block_denoiser`.
 
@@ -68,6 +70,10 @@ def rerank_scores(
         seed: seed of the CPU generator that draws the whole (Q, k) start noise x_T at once.
         query_batch: queries per DDIM run (memory only: a query's noise and result do not depend on it).
         device: where the sampling runs; `rows` and `candidates` are on it (default: the device of `scores`).
+        clamp_final: clamp the final x0_hat to [-1, 1] (official); False keeps the last prediction unclamped,
+            so candidates the network puts above +1 are not tied (`GaussianDiffusion.ddim_sample`).
+        stop_step: the last DDIM step run (0 = official); its x0_hat is the result (for a generator trained only
+            on steps >= stop_step).
     """
     if scores.dim() != 2:
         raise ValueError(f"rerank: scores must be a (queries, candidates) matrix, got shape {tuple(scores.shape)}")
@@ -87,7 +93,8 @@ def rerank_scores(
         rows = torch.arange(start, min(start + query_batch, num_queries), device=device)  # (b,)
         candidates = topk_indices[start : start + query_batch].to(device)  # (b, k)
         x0_hat[start : start + len(rows)] = diffusion.ddim_sample(
-            block_denoiser(rows, candidates), (len(rows), k), noise=noise[start : start + query_batch], device=device
+            block_denoiser(rows, candidates), (len(rows), k), noise=noise[start : start + query_batch], device=device,
+            clamp_final=clamp_final, stop_step=stop_step,
         ).float()
 
     x0_hat = x0_hat.to(scores.device)
@@ -110,6 +117,8 @@ def rerank_t2v(
     alpha: float = 1.0,
     seed: int,
     query_batch: int = 1024,
+    clamp_final: bool = True,
+    stop_step: int = 0,
 ) -> RerankResult:
     """Text-to-video: scores (Q, V), query_sentence (Q, D), video_frames (V, T, D), video_mask (V, T); t2v denoiser."""
     _check_rows(scores, query_sentence.shape[0], video_frames.shape[0], "texts", "videos")
@@ -117,7 +126,8 @@ def rerank_t2v(
     query_sentence, video_frames, video_mask = query_sentence.to(device), video_frames.to(device), video_mask.to(device)
 
     block_denoiser = t2v_block_denoiser(query_sentence, video_frames, video_mask, denoiser)
-    return _run(scores, block_denoiser, denoiser, diffusion, k, temperature, alpha, seed, query_batch, device)
+    return _run(scores, block_denoiser, denoiser, diffusion, k, temperature, alpha, seed, query_batch, device,
+                clamp_final, stop_step)
 
 
 def rerank_v2t(
@@ -133,6 +143,8 @@ def rerank_v2t(
     alpha: float = 1.0,
     seed: int,
     query_batch: int = 1024,
+    clamp_final: bool = True,
+    stop_step: int = 0,
 ) -> RerankResult:
     """Video-to-text: scores (V, Q) rows = videos, video_frames (V, T, D), video_mask (V, T), text_sentence (Q, D)."""
     _check_rows(scores, video_frames.shape[0], text_sentence.shape[0], "videos", "texts")
@@ -140,7 +152,8 @@ def rerank_v2t(
     text_sentence, video_frames, video_mask = text_sentence.to(device), video_frames.to(device), video_mask.to(device)
 
     block_denoiser = v2t_block_denoiser(video_frames, video_mask, text_sentence, denoiser)
-    return _run(scores, block_denoiser, denoiser, diffusion, k, temperature, alpha, seed, query_batch, device)
+    return _run(scores, block_denoiser, denoiser, diffusion, k, temperature, alpha, seed, query_batch, device,
+                clamp_final, stop_step)
 
 
 def t2v_block_denoiser(query_sentence: torch.Tensor, video_frames: torch.Tensor, video_mask: torch.Tensor,
@@ -176,7 +189,8 @@ def _check_rows(scores: torch.Tensor, num_rows: int, num_columns: int, rows_name
         )
 
 
-def _run(scores, block_denoiser, denoiser, diffusion, k, temperature, alpha, seed, query_batch, device) -> RerankResult:
+def _run(scores, block_denoiser, denoiser, diffusion, k, temperature, alpha, seed, query_batch, device,
+         clamp_final=True, stop_step=0) -> RerankResult:
     """Shared tail of rerank_t2v / rerank_v2t: eval mode for the sampling, restored afterwards."""
     max_timesteps = getattr(denoiser, "max_timesteps", None)
     if max_timesteps is not None and diffusion.num_timesteps > max_timesteps:
@@ -189,7 +203,7 @@ def _run(scores, block_denoiser, denoiser, diffusion, k, temperature, alpha, see
     try:
         return rerank_scores(
             scores, block_denoiser, diffusion, k=k, temperature=temperature, alpha=alpha, seed=seed,
-            query_batch=query_batch, device=device,
+            query_batch=query_batch, device=device, clamp_final=clamp_final, stop_step=stop_step,
         )
     finally:
         denoiser.train(was_training)

@@ -35,20 +35,41 @@ from diffusionret.evaluation.rows import (cell_metrics, faithful_v2t_defined, he
 from diffusionret.evaluation.scoring import RerankSettings
 from diffusionret.features.cache import load_split_features
 from diffusionret.method.diffusion import create_diffusion
-from diffusionret.model.checkpoint import load_extractor, load_generator
+from diffusionret.model.checkpoint import load_extractor, load_generator, read_metadata
 from diffusionret.pipeline.paths import Paths
 
 # the eval.* keys this stage reads (dvc.yaml declares the same list; not benchmarks / batch_size)
 EVAL_KEYS = ("rerank_k", "rerank_temperature", "rerank_alpha", "rerank_query_batch", "seed", "chunk_size",
-             "num_samples", "faithful_msvd_grouping", "selection")
+             "num_samples", "faithful_msvd_grouping", "selection", "rerank_from", "rerank_clamp_final")
 
 
-def rerank_settings(params: Params) -> RerankSettings:
-    """eval.rerank_* and the draws' seeds (eval.seed + i, eval.num_samples of them)."""
+def rerank_temperature_alpha(params: Params, gen_meta: dict | None) -> tuple[float, float]:
+    """(temperature, alpha) of the re-ranking softmax per eval.rerank_from: params (eval.rerank_temperature and
+    eval.rerank_alpha), training (the generator's training 1/tau_g, eval.rerank_alpha) or val (the pair the
+    train_gen stage chose on val, stored in the generator's model.json)."""
     settings = params.eval
-    return RerankSettings(k=settings.rerank_k, temperature=settings.rerank_temperature, alpha=settings.rerank_alpha,
+    if settings.rerank_from == "params":
+        return settings.rerank_temperature, settings.rerank_alpha
+    if gen_meta is None:
+        raise ValueError(f"eval.rerank_from={settings.rerank_from} reads the generator's model.json; none given")
+    if settings.rerank_from == "training":
+        return float(gen_meta["loss_temperature_inv"]), settings.rerank_alpha
+    chosen = gen_meta.get("selected", {}).get("rerank")
+    if not chosen:
+        raise ValueError("eval.rerank_from=val but the generator's model.json holds no re-ranking chosen on val; "
+                         "set train_gen.rerank_temperatures and train_gen.rerank_alphas and re-run train_gen")
+    return float(chosen["temperature"]), float(chosen["alpha"])
+
+
+def rerank_settings(params: Params, gen_meta: dict | None = None) -> RerankSettings:
+    """eval.rerank_*, the draws' seeds (eval.seed + i, eval.num_samples of them), and from the generator's
+    metadata the temperature/alpha (`rerank_temperature_alpha`) and the last DDIM step (its min_timestep)."""
+    settings = params.eval
+    temperature, alpha = rerank_temperature_alpha(params, gen_meta)
+    return RerankSettings(k=settings.rerank_k, temperature=temperature, alpha=alpha,
                           seeds=draw_seeds(settings.seed, settings.num_samples),
-                          query_batch=settings.rerank_query_batch)
+                          query_batch=settings.rerank_query_batch, clamp_final=settings.rerank_clamp_final,
+                          stop_step=int((gen_meta or {}).get("min_timestep", 0)))
 
 
 def load_and_score(trained: str, evaluated: str, params: Params, paths: Paths) -> CellScores:
@@ -68,7 +89,7 @@ def load_and_score(trained: str, evaluated: str, params: Params, paths: Paths) -
                          f"with the training values or re-run train_gen")
     diffusion = create_diffusion(params.diffusion.steps, params.diffusion.schedule)
     in_dist = load_split_features(paths.features(trained, trained), "test", loading) if trained != evaluated else None
-    return score_cell(extractor, generator, diffusion, test, train, rerank=rerank_settings(params),
+    return score_cell(extractor, generator, diffusion, test, train, rerank=rerank_settings(params, gen_meta),
                       chunk_size=settings.chunk_size, bank_size=post.qbnorm_bank_size,
                       bank_seed=post.qbnorm_bank_seed, in_dist=in_dist)
 
@@ -78,9 +99,10 @@ def write_json(path: Path, values: dict) -> None:
 
 
 def describe_cell(trained: str, evaluated: str, cell: CellScores, metrics: dict[str, float], params: Params,
-                  parent: dict) -> dict:
+                  parent: dict, rerank: RerankSettings | None = None) -> dict:
     """cell.json: what was evaluated, how (draws, ties, bank, post-processing, re-ranking), and where it went."""
     settings, post = params.eval, params.postprocess
+    rerank = rerank or rerank_settings(params)
     return {
         "trained": trained, "evaluated": evaluated, "ood": trained != evaluated,
         "source": params.benchmark(evaluated).source,
@@ -90,8 +112,9 @@ def describe_cell(trained: str, evaluated: str, cell: CellScores, metrics: dict[
         "num_queries": int(cell.stage1.shape[0]), "num_videos": cell.num_videos,
         "bank": {"captions": int(len(cell.bank_captions)), "videos": int(len(cell.bank_videos)),
                  "source": f"{trained}/train"},
-        "postprocess": flatten(post), "rerank": {"k": settings.rerank_k, "temperature": settings.rerank_temperature,
-                                                 "alpha": settings.rerank_alpha},
+        "postprocess": flatten(post), "rerank": {"k": settings.rerank_k, "temperature": rerank.temperature,
+                                                 "alpha": rerank.alpha, "from": settings.rerank_from,
+                                                 "clamp_final": rerank.clamp_final, "stop_step": rerank.stop_step},
         "diffusion": flatten(params.diffusion), "parent_run": parent, "mlflow_runs": {},
         "ood_detect": None if cell.ood is None else {
             "seconds": round(cell.ood.seconds, 2), "gallery": f"{trained}/test",
@@ -160,7 +183,8 @@ def evaluate_cell(trained: str, evaluated: str, params: Params, paths: Paths, re
     for row, values in headline_files(metrics).items():
         write_json(out_dir / "headline" / f"{row}.json", values)
     parent = tracking.read_run_reference(paths.disc_model(trained) / "mlflow_run.json")
-    description = describe_cell(trained, evaluated, cell, metrics, params, parent)
+    used = rerank_settings(params, read_metadata(paths.gen_model(trained)))  # the temperature/alpha scored with
+    description = describe_cell(trained, evaluated, cell, metrics, params, parent, used)
     description.update(log_runs(trained, evaluated, cell, metrics, params, parent, out_dir, repo_root))
     write_json(out_dir / "cell.json", description)
     return metrics
