@@ -28,6 +28,7 @@ READERS = tuple(READER_FUNCTIONS)  # the annotation-reader registry (data/reader
 CLIP_SPANS = ("video", "annotation", "fixed")
 TEMPORAL_MODULES = ("seqTransf", "none")
 SIMILARITY_HEADS = ("wti", "meanP")
+FRAME_FEATURES = ("cls", "cls+grid")  # model/backbone.py
 OPTIMIZERS = ("adamw", "bertadam")
 SCHEDULES = ("cosine", "linear")
 PRECISIONS = ("fp32", "bf16")
@@ -174,6 +175,8 @@ class ModelParams:
     temporal_layers: int = 4  # copied from the first layers of CLIP's text transformer
     head: str = "wti"
     tokenizer_vocab_size: int = 1000  # BPE trained on the training captions (named configs only)
+    frame_feature: str = "cls"  # cls (paper) | cls+grid (beyond the paper: + pooled patch tokens, projected)
+    frame_grid: int = 2  # cls+grid: G of the G x G grid the patch tokens are averaged on
 
     def validate(self, path: str) -> None:
         _check(bool(self.backbone), f"{path}.backbone", self.backbone, "a config name, a directory or a hub id")
@@ -182,6 +185,8 @@ class ModelParams:
         _check(self.temporal_layers >= 1, f"{path}.temporal_layers", self.temporal_layers, "an integer >= 1")
         _check(self.tokenizer_vocab_size >= 300, f"{path}.tokenizer_vocab_size", self.tokenizer_vocab_size,
                "an integer >= 300 (256 bytes plus merges)")
+        _in(f"{path}.frame_feature", self.frame_feature, FRAME_FEATURES)
+        _check(self.frame_grid >= 1, f"{path}.frame_grid", self.frame_grid, "an integer >= 1")
 
 
 @dataclass(frozen=True)

@@ -75,9 +75,11 @@ class FeatureExtractor(nn.Module):
         temporal_layers: int = 4,
         head: str = "wti",
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        frame_feature: str = "cls",
+        frame_grid: int = 2,
     ) -> None:
         super().__init__()
-        self.backbone = ClipBackbone(clip)
+        self.backbone = ClipBackbone(clip, frame_feature=frame_feature, frame_grid=frame_grid)
         self.temporal = build_temporal(temporal, clip, temporal_layers)
         self.head = build_head(head, self.backbone.width, chunk_size)
 
@@ -132,6 +134,8 @@ def build_feature_extractor(
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    frame_feature: str = "cls",
+    frame_grid: int = 2,
 ) -> FeatureExtractor:
     """A FeatureExtractor over build_clip(backbone, ...) (registered name, local dir or hub id)."""
     # fail on a bad name before the (slow) CLIP build
@@ -144,4 +148,4 @@ def build_feature_extractor(
         pad_token_id=pad_token_id,
     )
     return FeatureExtractor(clip, temporal=temporal, temporal_layers=temporal_layers, head=head,
-                            chunk_size=chunk_size)
+                            chunk_size=chunk_size, frame_feature=frame_feature, frame_grid=frame_grid)

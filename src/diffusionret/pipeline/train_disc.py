@@ -82,7 +82,8 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
                   if params.model.backbone in NAMED_CLIP_CONFIGS else {})
     extractor = build_feature_extractor(
         params.model.backbone, temporal=params.model.temporal, temporal_layers=params.model.temporal_layers,
-        head=params.model.head, **vocabulary,
+        head=params.model.head, frame_feature=params.model.frame_feature, frame_grid=params.model.frame_grid,
+        **vocabulary,
     ).to(accelerator.device)
     seed_everything(settings.seed * accelerator.num_processes + accelerator.process_index)
     optimizer, scheduler = make_optimizer(settings, extractor, extractor.backbone.clip)
@@ -124,7 +125,8 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
             metadata = {
                 "stage": "disc", "benchmark": name,
                 "model": {"backbone": params.model.backbone, "temporal": params.model.temporal,
-                          "temporal_layers": params.model.temporal_layers, "head": params.model.head},
+                          "temporal_layers": params.model.temporal_layers, "head": params.model.head,
+                          "frame_feature": params.model.frame_feature, "frame_grid": params.model.frame_grid},
                 "data": {"max_words": bench.max_words, "max_frames": bench.max_frames, "fps": bench.fps,
                          "image_size": params.preprocess.image_size},
                 "selected": {"source": result.best_source, "step": result.best_step,
