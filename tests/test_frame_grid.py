@@ -119,7 +119,3 @@ def test_config_names_bad_frame_feature_values(key, value, allowed):
         params_from_dict(raw)
     assert f"`model.{key}`" in str(error.value) and allowed in str(error.value)
 
-
-def test_paper_preset_keeps_the_cls_feature():
-    preset = yaml.safe_load((REPO / "configs" / "presets" / "paper.yaml").read_text())
-    assert preset["params"]["model"]["frame_feature"] == "cls"
