@@ -28,3 +28,8 @@ def test_rerank_benchmark_asserts_equal_outputs():
 
 def test_stage2_benchmark_runs():
     assert "ratio (cached / extractor)" in run("stage2_cached_vs_extractor.py", "--steps", "2", "--batch", "8")
+
+
+def test_frame_feature_step_time_runs():
+    out = run("frame_feature_step_time.py", "--rounds", "1", "--steps", "1", "--batch", "8", "--threads", "1")
+    assert all(f"{name}:" in out for name in ("cls", "cls+grid, grid 2", "cls+grid, grid 4")) and "ratio to cls" in out

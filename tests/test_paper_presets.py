@@ -72,6 +72,7 @@ def test_each_preset_is_the_official_recipe(name, tmp_path):
     params = applied(tmp_path, preset_overrides(name, None, [], PRESETS))
     assert params.model.backbone == HUB_IDS[variant]
     assert (params.model.temporal, params.model.temporal_layers, params.model.head) == ("seqTransf", 4, "wti")
+    assert params.model.frame_feature == "cls"  # CLIP's CLS image feature, whatever the embedded default
     assert params.preprocess.image_size == 224
     assert params.train.benchmarks == (bench,) and params.eval.benchmarks == (bench,)
     settings = params.benchmarks[bench]

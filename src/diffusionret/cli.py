@@ -65,7 +65,8 @@ def _seeded_extractor(model):
         special = dict(vocab_size=model.tokenizer_vocab_size, bos_token_id=0, eos_token_id=1, pad_token_id=2)
     torch.manual_seed(0)
     return build_feature_extractor(model.backbone, temporal=model.temporal, temporal_layers=model.temporal_layers,
-                                   head=model.head, head_params=model.head_params(), **special)
+                                   head=model.head, head_params=model.head_params(),
+                                   frame_feature=model.frame_feature, frame_grid=model.frame_grid, **special)
 
 
 def model_summary(params: Params) -> dict:

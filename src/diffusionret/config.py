@@ -31,6 +31,7 @@ SIMILARITY_HEADS = ("wti", "meanP", "emcl", "dicosa")
 AUGMENTATIONS = ("none", "rand-m7-n4-mstd0.5-inc1")
 DECORRELATION_NORMALISERS = ("width_minus_1", "max_words")
 HEADS_WITH_PARAMS = ("emcl", "dicosa")  # heads with their own block under `model.<head>`
+FRAME_FEATURES = ("cls", "cls+grid")  # model/backbone.py
 OPTIMIZERS = ("adamw", "bertadam")
 SCHEDULES = ("cosine", "linear")
 PRECISIONS = ("fp32", "bf16")
@@ -223,6 +224,8 @@ class ModelParams:
     temporal_layers: int = 4  # copied from the first layers of CLIP's text transformer
     head: str = "wti"
     tokenizer_vocab_size: int = 1000  # BPE trained on the training captions (named configs only)
+    frame_feature: str = "cls"  # cls (paper) | cls+grid (beyond the paper: + pooled patch tokens, projected)
+    frame_grid: int = 2  # cls+grid: G of the G x G grid the patch tokens are averaged on
     emcl: EmclParams = field(default_factory=EmclParams)  # read only when head = emcl
     dicosa: DicosaParams = field(default_factory=DicosaParams)  # read only when head = dicosa
 
@@ -238,6 +241,8 @@ class ModelParams:
         _check(self.temporal_layers >= 1, f"{path}.temporal_layers", self.temporal_layers, "an integer >= 1")
         _check(self.tokenizer_vocab_size >= 300, f"{path}.tokenizer_vocab_size", self.tokenizer_vocab_size,
                "an integer >= 300 (256 bytes plus merges)")
+        _in(f"{path}.frame_feature", self.frame_feature, FRAME_FEATURES)
+        _check(self.frame_grid >= 1, f"{path}.frame_grid", self.frame_grid, "an integer >= 1")
         for head in HEADS_WITH_PARAMS:
             getattr(self, head).validate(f"{path}.{head}")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:  # transformers costs seconds to import (environment-notes P16)
@@ -167,15 +168,37 @@ def resolve_backbone(backbone: str) -> str:
     return str(folder)
 
 
+# What one frame's image feature is made of (model.frame_feature):
+#   cls       CLIP's image feature: the post-layernormed CLS token times visual_projection (the paper's)
+#   cls+grid  beyond the paper: that, plus the post-layernormed patch tokens average-pooled on a frame_grid x
+#             frame_grid grid and projected by a learned linear map (grid_projection). The CLS token of a small
+#             image tower trained from scratch drops where things are in the frame, so motion cannot be read from
+#             a sequence of them; the pooled grid keeps coarse position at almost no cost.
+FRAME_FEATURES = ("cls", "cls+grid")
+
+
 class ClipBackbone(nn.Module):
     """CLIP text and image towers returning token features, sentence features and per-frame features."""
 
-    def __init__(self, clip: "CLIPModel") -> None:
+    def __init__(self, clip: "CLIPModel", frame_feature: str = "cls", frame_grid: int = 2) -> None:
         super().__init__()
         self.clip = clip
         # reference §2.2: the patch-embedding conv is frozen in all stages
         clip.vision_model.embeddings.patch_embedding.weight.requires_grad_(False)
         self.image_size = clip.config.vision_config.image_size
+        if frame_feature not in FRAME_FEATURES:
+            raise ValueError(f"unknown frame feature {frame_feature!r}; choose one of {list(FRAME_FEATURES)}.")
+        self.frame_feature, self.frame_grid = frame_feature, frame_grid
+        self.patches_per_side = self.image_size // clip.config.vision_config.patch_size
+        self.grid_projection: nn.Linear | None = None
+        if frame_feature == "cls+grid":
+            if not 1 <= frame_grid <= self.patches_per_side:
+                raise ValueError(f"frame_grid={frame_grid} must lie in 1..{self.patches_per_side} (the patches per "
+                                 f"side of {self.image_size} px frames at patch size "
+                                 f"{clip.config.vision_config.patch_size})")
+            vision_width = clip.config.vision_config.hidden_size
+            # (G*G*Dv) -> D, added to the projected CLS: the same as projecting their concatenation
+            self.grid_projection = nn.Linear(frame_grid * frame_grid * vision_width, self.width, bias=False)
         self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -222,5 +245,17 @@ class ClipBackbone(nn.Module):
         """Per-frame CLIP image features (B, T, D): post-layernormed CLS times visual_projection (reference §2.2)."""
         batch, num_frames = frames.shape[0], frames.shape[1]
         pixels = self.normalise_frames(frames, mask)  # (B*T, 3, S, S)
-        pooled = self.clip.vision_model(pixel_values=pixels).pooler_output  # (B*T, Dv)
-        return self.clip.visual_projection(pooled).reshape(batch, num_frames, -1)  # (B, T, D)
+        output = self.clip.vision_model(pixel_values=pixels)
+        features = self.clip.visual_projection(output.pooler_output)  # (B*T, D)
+        if self.grid_projection is not None:
+            features = features + self.grid_projection(self.pooled_patch_grid(output.last_hidden_state))
+        return features.reshape(batch, num_frames, -1)  # (B, T, D)
+
+    def pooled_patch_grid(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Last vision hidden states (N, 1 + P*P, Dv) -> patch tokens, post-layernormed, averaged over a G x G grid
+        of equal cells (adaptive pooling when G does not divide P), flattened row by row: (N, G*G*Dv)."""
+        side, width = self.patches_per_side, hidden.shape[-1]
+        patches = self.clip.vision_model.post_layernorm(hidden[:, 1:])  # (N, P*P, Dv), row-major patch order
+        patches = patches.reshape(-1, side, side, width).permute(0, 3, 1, 2)  # (N, Dv, P, P)
+        grid = F.adaptive_avg_pool2d(patches, self.frame_grid)  # (N, Dv, G, G)
+        return grid.permute(0, 2, 3, 1).reshape(hidden.shape[0], -1)  # (N, G*G*Dv): cell (row, col), then channel

@@ -64,8 +64,10 @@ def load_extractor(directory: Path):
     metadata = read_metadata(directory)
     clip = CLIPModel(CLIPConfig.from_pretrained(str(directory / "clip")))
     model = metadata["model"]
+    # checkpoints written before model.frame_feature existed hold the paper's CLS feature
     extractor = FeatureExtractor(clip, temporal=model["temporal"], temporal_layers=model["temporal_layers"],
-                                 head=model["head"], head_params=model.get("head_params"))
+                                 head=model["head"], head_params=model.get("head_params"),
+                                 frame_feature=model.get("frame_feature", "cls"), frame_grid=model.get("frame_grid", 2))
     load_strict(extractor, load_file(str(directory / "model.safetensors")), directory / "model.safetensors")
     if getattr(extractor.head, "reinit_basis_on_load", False):
         extractor.head.reset_basis()  # model.emcl.reinit_basis_on_load: the official reload (saved bases ignored)

@@ -76,9 +76,11 @@ class FeatureExtractor(nn.Module):
         head: str = "wti",
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         head_params: dict | None = None,
+        frame_feature: str = "cls",
+        frame_grid: int = 2,
     ) -> None:
         super().__init__()
-        self.backbone = ClipBackbone(clip)
+        self.backbone = ClipBackbone(clip, frame_feature=frame_feature, frame_grid=frame_grid)
         self.temporal = build_temporal(temporal, clip, temporal_layers)
         self.head = build_head(head, self.backbone.width, chunk_size, head_params)
 
@@ -139,6 +141,8 @@ def build_feature_extractor(
     pad_token_id: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     head_params: dict | None = None,
+    frame_feature: str = "cls",
+    frame_grid: int = 2,
 ) -> FeatureExtractor:
     """A FeatureExtractor over build_clip(backbone, ...) (registered name, local dir or hub id)."""
     # fail on a bad name before the (slow) CLIP build
@@ -151,4 +155,5 @@ def build_feature_extractor(
         pad_token_id=pad_token_id,
     )
     return FeatureExtractor(clip, temporal=temporal, temporal_layers=temporal_layers, head=head,
-                            chunk_size=chunk_size, head_params=head_params)
+                            chunk_size=chunk_size, head_params=head_params, frame_feature=frame_feature,
+                            frame_grid=frame_grid)

@@ -82,7 +82,8 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
                   if params.model.backbone in NAMED_CLIP_CONFIGS else {})
     extractor = build_feature_extractor(
         params.model.backbone, temporal=params.model.temporal, temporal_layers=params.model.temporal_layers,
-        head=params.model.head, head_params=params.model.head_params(), **vocabulary,
+        head=params.model.head, head_params=params.model.head_params(), frame_feature=params.model.frame_feature,
+        frame_grid=params.model.frame_grid, **vocabulary,
     ).to(accelerator.device)
     seed_everything(settings.seed * accelerator.num_processes + accelerator.process_index)
     optimizer, scheduler = make_optimizer(settings, extractor, extractor.backbone.clip)
@@ -127,7 +128,8 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
                 "stage": "disc", "benchmark": name,
                 "model": {"backbone": params.model.backbone, "temporal": params.model.temporal,
                           "temporal_layers": params.model.temporal_layers, "head": params.model.head,
-                          "head_params": params.model.head_params()},
+                          "head_params": params.model.head_params(),
+                          "frame_feature": params.model.frame_feature, "frame_grid": params.model.frame_grid},
                 "data": {"max_words": bench.max_words, "max_frames": bench.max_frames, "fps": bench.fps,
                          "image_size": params.preprocess.image_size},
                 "selected": {"source": result.best_source, "step": result.best_step,
