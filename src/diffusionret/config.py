@@ -297,9 +297,15 @@ class EvalParams:
     num_samples: int = 3  # DDIM draws per query; re-ranked metrics are their mean, with `<name>_std`
     faithful_msvd_grouping: bool = False  # also report the released off-by-one MSVD grouping (`*_faithful/`)
     selection: str = "val"  # split that chose the checkpoints: val, or test (the official protocol, tagged)
+    bootstrap_resamples: int = 1000  # bootstrap resamples of the queries behind every CI and paired difference
+    bootstrap_seed: int = 0  # seed of the resampled query indices
+    ci_level: float = 0.95  # confidence level of every interval
 
     def validate(self, path: str) -> None:
         _check(len(self.benchmarks) >= 1, f"{path}.benchmarks", self.benchmarks, "a non-empty list")
+        _check(self.bootstrap_resamples >= 2, f"{path}.bootstrap_resamples", self.bootstrap_resamples,
+               "an integer >= 2 (1000 or more for a 95% interval)")
+        _check(0.0 < self.ci_level < 1.0, f"{path}.ci_level", self.ci_level, "a number in (0, 1), e.g. 0.95")
         _check(self.num_samples >= 1, f"{path}.num_samples", self.num_samples, "an integer >= 1")
         _in(f"{path}.selection", self.selection, ("val", "test"))
         _check(self.batch_size >= 1, f"{path}.batch_size", self.batch_size, "an integer >= 1")
