@@ -137,6 +137,7 @@ def log_runs(trained: str, evaluated: str, cell: CellScores, metrics: dict[str, 
                 "protocol": "official: checkpoints selected on test" if settings.selection == "test"
                 else "checkpoints selected on val", "num_samples": settings.num_samples,
                 "faithful_msvd_grouping": str(settings.faithful_msvd_grouping).lower(), "split": "test",
+                "seed": params.train.seed,
                 "dvc_stage": f"evaluate@{trained}-{evaluated}", "git_commit": tracking.git_commit(repo_root)}
         with tracking.start_run(experiment=parent["experiment"], tags=tags, parent_run_id=nest_under,
                                 run_name=f"→ {evaluated} · {postprocess}"):
