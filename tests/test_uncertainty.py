@@ -127,6 +127,8 @@ def test_cell_rows_give_every_row_a_ci_and_every_comparison_a_paired_delta(capti
                     assert metrics[f"{prefix}/{name}_delta"] == pytest.approx(
                         metrics[f"{prefix}/{name}"] - metrics[f"{direction}/{name}"])
                     assert metrics[f"{prefix}/{name}_delta_ci_low"] <= metrics[f"{prefix}/{name}_delta_ci_high"]
+                    separate = paired_difference(ranks[prefix], ranks[direction], BOOT)
+                    assert metrics[f"{prefix}/{name}_delta_ci_high"] == separate[f"{name}_delta_ci_high"]
                 else:
                     assert f"{prefix}/{name}_delta" not in metrics
 

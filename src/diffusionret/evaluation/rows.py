@@ -32,7 +32,7 @@ from diffusionret.evaluation.names import (DIRECTIONS, FAITHFUL_SUFFIX, HEADLINE
                                            postprocess_of)
 from diffusionret.evaluation.ood import aurc, compute_scores, detection_metrics
 from diffusionret.evaluation.postprocess import dual_softmax, qb_norm
-from diffusionret.evaluation.uncertainty import (DELTA, SHIFT, Bootstrap, paired_difference, row_intervals,
+from diffusionret.evaluation.uncertainty import (DELTA, SHIFT, Bootstrap, compare_rows, paired_difference,
                                                  unpaired_difference)
 
 
@@ -159,12 +159,9 @@ def uncertainty_metrics(ranks: dict[str, np.ndarray], bootstrap: Bootstrap) -> d
     """Every row's CIs and every comparison row's paired delta to its stage-1 row, plus `bootstrap/...` settings."""
     out = {"bootstrap/resamples": float(bootstrap.resamples), "bootstrap/seed": float(bootstrap.seed),
            "bootstrap/level": float(bootstrap.level)}
-    for prefix, row in ranks.items():
-        out.update({f"{prefix}/{name}": value for name, value in row_intervals(row, bootstrap).items()})
-        base = baseline_prefix(prefix)
-        if prefix != base:
-            out.update({f"{prefix}/{name}": value
-                        for name, value in paired_difference(row, ranks[base], bootstrap).items()})
+    baselines = {prefix: baseline_prefix(prefix) for prefix in ranks if baseline_prefix(prefix) != prefix}
+    for prefix, found in compare_rows(ranks, baselines, bootstrap).items():
+        out.update({f"{prefix}/{name}": value for name, value in found.items()})
     return out
 
 
