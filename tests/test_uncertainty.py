@@ -9,8 +9,9 @@ from diffusionret.config import EvalParams
 from diffusionret.evaluation.metrics import recall_metrics
 from diffusionret.evaluation.names import DIRECTIONS, ROWS
 from diffusionret.evaluation.rows import cell_rows, shift_metrics
-from diffusionret.evaluation.uncertainty import (Bootstrap, interval, paired_difference, resample_indices, row_intervals,
-                                                 stratified_paired_difference, unpaired_difference)
+from diffusionret.evaluation.uncertainty import (Bootstrap, interval, paired_difference, resample_indices,
+                                                 row_intervals, stratified_paired_difference,
+                                                 unpaired_difference)
 from diffusionret.pipeline.evaluate import save_ranks
 
 from test_evaluate_rows import POST, make_cell
