@@ -3,6 +3,7 @@ repository; the table is checked against a recomputation from the saved per-quer
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -46,7 +47,9 @@ def study(tmp_path_factory):
     run(["git", "init", "-q"], work, env)
     run(["git", "add", "-A"], work, env)
     run(git + ["commit", "-qm", "snapshot"], work, env)
-    run(["diffusionret", "seeds", "--seeds", *map(str, SEEDS)], work, env)
+    result = subprocess.run(["diffusionret", "seeds", "--seeds", *map(str, SEEDS)], cwd=work, env=env,
+                            capture_output=True, text=True, timeout=3600)  # two whole pipelines: minutes each
+    assert result.returncode == 0, f"diffusionret seeds failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
     return work, env
 
 
