@@ -37,6 +37,15 @@ test: $(STAMP)
 faults: $(STAMP)
 	$(PY) benchmarks/faults.py
 
+# The default trained and evaluated with several seeds, one DVC experiment `seed-<s>` each (seed, train.seed,
+# eval.seed), then reports/seeds.md + reports/seeds.json: mean ± std over seeds and the pooled paired CI of each
+# difference. e.g. `make seeds SEEDS="0 1 2"`; ARGS passes more options (e.g. ARGS="-S train.steps=300").
+SEEDS ?= 0 1 2
+.PHONY: seeds
+seeds: $(STAMP)
+	git rev-parse --is-inside-work-tree >/dev/null 2>&1 || (git init -q && git add -A && git -c user.name=diffusionret -c user.email=diffusionret@localhost commit -qm "snapshot")
+	$(VENV)/bin/diffusionret seeds --seeds $(SEEDS) $(ARGS)
+
 # Prints the run table's address first (MLflow 3's home page opens on GenAI traces, not on training runs).
 mlflow-ui: $(STAMP)
 	@echo "runs of the default experiment: $$(diffusionret mlflow-url --base http://127.0.0.1:5000 2>/dev/null)"

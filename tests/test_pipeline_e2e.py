@@ -94,6 +94,15 @@ def test_metrics_written_for_every_cell_of_the_ood_grid(pipeline):
             assert curves["t2v"][0, -1] == 100.0  # R@V: every caption finds its video among all 32
         info = json.loads((work / "eval" / cell / "cell.json").read_text())
         assert info["ood"] == (cell != "synthetic__synthetic") and info["bank"]["source"] == "synthetic/train"
+        with np.load(work / "eval" / cell / "ranks.npz") as ranks:  # per-query ranks of every row and draw
+            assert ranks["t2v"].shape == (1, 32) and ranks["v2t_rerank_qbnorm"].shape == (2, 32)
+            assert ("id__t2v_rerank" in ranks.files) == (cell != "synthetic__synthetic")
+        for prefix in (direction + suffix for direction in ("t2v", "v2t") for suffix in ROW_SUFFIXES):
+            assert metrics[f"{prefix}/R1_ci_low"] <= metrics[f"{prefix}/R1"] <= metrics[f"{prefix}/R1_ci_high"]
+            assert (f"{prefix}/R1_delta_ci_low" in metrics) == (prefix not in ("t2v", "v2t"))
+            assert (f"{prefix}/MnR_shift_ci_high" in metrics) == (cell != "synthetic__synthetic"
+                                                                  and prefix in ("t2v", "t2v_rerank", "v2t",
+                                                                                 "v2t_rerank"))
     for cell in CELLS:  # OOD query detection only where trained != evaluated
         metrics = json.loads((work / "eval" / cell / "metrics.json").read_text())
         has_ood = any(key.startswith("ood_detect") for key in metrics)
@@ -130,14 +139,16 @@ def test_fixed_seed_repeats_the_whole_evaluation(pipeline):
 import json
 from pathlib import Path
 from diffusionret.config import load_params
-from diffusionret.evaluation.rows import cell_metrics, ood_metrics
-from diffusionret.pipeline.evaluate import load_and_score
+from diffusionret.evaluation.rows import cell_rows, id_ranks, ood_metrics, shift_metrics
+from diffusionret.pipeline.evaluate import bootstrap_settings, load_and_score
 from diffusionret.pipeline.paths import Paths
 params = load_params('params.yaml')
 cell = load_and_score('synthetic', 'synthetic-shift', params, Paths(Path.cwd(), params.data))
-metrics, _ = cell_metrics(cell, params.postprocess, chunk_size=params.eval.chunk_size,
-                          faithful_msvd_grouping=params.eval.faithful_msvd_grouping)
+boot = bootstrap_settings(params)
+metrics, _, ranks = cell_rows(cell, params.postprocess, chunk_size=params.eval.chunk_size,
+                              faithful_msvd_grouping=params.eval.faithful_msvd_grouping, bootstrap=boot)
 metrics.update(ood_metrics(cell.ood)[0])
+metrics.update(shift_metrics(ranks, id_ranks(cell.ood, params.eval.chunk_size), cell.ood.same_queries, boot))
 print(json.dumps(metrics))
 """
     again = json.loads(run([sys.executable, "-c", script], work, env).stdout.strip().splitlines()[-1])
@@ -151,18 +162,24 @@ def test_report_has_every_table_filled_from_the_runs(pipeline):
     text = (work / "reports" / "results.md").read_text()
     assert "### synthetic\n" in text and "### synthetic → synthetic-shift" in text
     metrics = json.loads((work / "eval" / "synthetic__synthetic-shift" / "metrics.json").read_text())
-    tables = [block for block in text.split("\n\n") if block.startswith("| |")]
+    tables = [block for block in text.split("\n\n") if block.startswith("| |") and "| Chance" in block]
     assert len(tables) == 3  # in-distribution synthetic, OOD synthetic -> synthetic-shift / -textshift
     for table in tables:
         rows = table.splitlines()[2:]
         assert len(rows) == 7 and not any("n/a" in row for row in rows)  # 6 rows + chance, all measured
     ood_table = tables[1].splitlines()
     rerank_row = next(line for line in ood_table if line.startswith("| + diffusion re-ranking"))
-    want = f"{metrics['t2v_rerank/R1']:.1f} ± {metrics['t2v_rerank/R1_std']:.1f}"
+    want = (f"{metrics['t2v_rerank/R1']:.1f} ± {metrics['t2v_rerank/R1_std']:.1f} "
+            f"[{metrics['t2v_rerank/R1_ci_low']:.1f}, {metrics['t2v_rerank/R1_ci_high']:.1f}]")
     assert rerank_row.split("|")[2].strip() == want
     grid = text.split("t2v R@1, stage 1:\n\n", 1)[1].split("\n\n")[0]
     trained_row = next(line for line in grid.splitlines() if line.startswith("| synthetic |"))
-    assert [cell.strip() for cell in trained_row.strip("|").split("|")][2] == f"{metrics['t2v/R1']:.1f}"
+    assert [cell.strip() for cell in trained_row.strip("|").split("|")][2] == (
+        f"{metrics['t2v/R1']:.1f} [{metrics['t2v/R1_ci_low']:.1f}, {metrics['t2v/R1_ci_high']:.1f}]")
+    differences = text.split("### synthetic → synthetic-shift", 1)[1].split("Differences to stage 1:\n\n", 1)[1]
+    delta_row = next(line for line in differences.split("\n\n")[0].splitlines() if line.startswith("| + diffusion"))
+    assert delta_row.split("|")[2].strip().strip("*").startswith(f"{metrics['t2v_rerank/R1_delta']:+.1f} [")
+    assert "Shift: this cell minus in-distribution" in text and "unpaired" in text
     detection = text.split("## Out-of-distribution query detection", 1)[1].split("\nt2v:\n\n", 1)[1]
     detection = detection.split("\n\n")[0].splitlines()
     assert len(detection) == 2 + len(OOD_SCORE_NAMES) + 1  # header, rule, one row per score, random abstention

@@ -212,3 +212,19 @@ def test_missing_cell_names_the_stage(tmp_path):
     params = load_params(tmp_path / "params.yaml")
     with pytest.raises(FileNotFoundError, match=r"dvc repro evaluate@synthetic-synthetic-shift"):
         write_report(params, Paths(tmp_path, params.data), tmp_path / "reports")
+
+
+def test_confidence_intervals_and_paired_differences_are_printed():
+    from diffusionret.report.tables import difference_table, format_difference
+    metrics = {"t2v/R1": 10.0, "t2v/R1_ci_low": 7.94, "t2v/R1_ci_high": 12.06,
+               "t2v_rerank/R1": 12.5, "t2v_rerank/R1_std": 0.5, "t2v_rerank/R1_ci_low": 10.0,
+               "t2v_rerank/R1_ci_high": 15.0, "t2v_rerank/R1_delta": 2.5, "t2v_rerank/R1_delta_ci_low": 0.5,
+               "t2v_rerank/R1_delta_ci_high": 4.5, "t2v_rerank/MnR_delta": -0.25,
+               "t2v_rerank/MnR_delta_ci_low": -1.0, "t2v_rerank/MnR_delta_ci_high": 0.5}
+    assert format_value(metrics, "t2v/R1") == "10.0 [7.9, 12.1]"
+    assert format_value(metrics, "t2v_rerank/R1") == "12.5 ± 0.5 [10.0, 15.0]"
+    assert format_difference(metrics, "t2v_rerank/R1") == "**+2.5 [+0.5, +4.5]**"  # the CI excludes 0
+    assert format_difference(metrics, "t2v_rerank/MnR") == "-0.2 [-1.0, +0.5]"
+    table = difference_table(CellResult("a", "a", metrics, {"bootstrap": {"level": 0.95, "resamples": 10}}))
+    lines = table.splitlines()
+    assert len(lines) == 3 and lines[2].startswith("| + diffusion re-ranking (DiffusionRet) | **+2.5")

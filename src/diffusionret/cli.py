@@ -318,6 +318,26 @@ def _add_preset_parser(commands) -> None:
         sub.add_argument("--dry-run", action="store_true", help="run: fetch the backbone, print the command only")
 
 
+def run_seeds_command(args) -> int:
+    """`diffusionret seeds`: one DVC experiment per seed, then the table over seeds."""
+    from diffusionret.pipeline.evaluate import bootstrap_settings
+    from diffusionret.pipeline import seeds as seed_study
+
+    repo = args.params.resolve().parent
+    out = args.out if args.out.is_absolute() else repo / args.out
+    if args.summary_only:
+        folders = {seed: out / "seeds" / f"seed-{seed}" for seed in args.seeds}
+        missing = [str(path) for path in folders.values() if not (path / "done.json").is_file()]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} not collected: run without --summary-only")
+    else:
+        found = seed_study.run_seeds(repo, list(args.seeds), out / "seeds", args.overrides, args.params.name)
+        folders = dict(zip(args.seeds, found))
+    summary = seed_study.write_summary(folders, bootstrap_settings(load_with_overrides(args.params, [])), out)
+    print(f"wrote {out / 'seeds.md'} and {out / 'seeds.json'} ({len(summary['cells'])} cells, seeds {args.seeds})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="diffusionret", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -358,6 +378,14 @@ def main(argv: list[str] | None = None) -> int:
     diagnose.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     diagnose.add_argument("--no-mlflow", action="store_true", help="do not log to the cell's evaluation run")
     diagnose.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    seeds = commands.add_parser("seeds", help="train and evaluate the default with several seeds (one DVC "
+                                              "experiment each) and write reports/seeds.md and reports/seeds.json")
+    seeds.add_argument("--seeds", type=int, nargs="+", required=True, help="e.g. --seeds 0 1 2")
+    seeds.add_argument("--out", type=Path, default=Path("reports"), help="where seeds.md, seeds.json, seeds/ go")
+    seeds.add_argument("--params", type=Path, default=Path("params.yaml"))
+    seeds.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="more `dvc exp run -S` overrides applied to every seed")
+    seeds.add_argument("--summary-only", action="store_true", help="only rebuild the table from reports/seeds/")
     from diffusionret.search import commands as search_commands  # parsers only; heavy imports on use
 
     search_commands.add_commands(commands)
@@ -383,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_preset(args)
         elif args.command == "diagnose":
             return run_diagnose_command(args)
+        elif args.command == "seeds":
+            return run_seeds_command(args)
         elif args.command == "mlflow-url":
             params = load_with_overrides(args.params, [])
             tracking.configure(params.tracking.tracking_uri, params.tracking.artifact_root,

@@ -386,10 +386,16 @@ class EvalParams:
     rerank_from: str = "params"  # temperature/alpha: params (the two keys above) | training (temperature =
     #                              train_gen.loss_temperature_inv) | val (chosen by train_gen on val)
     rerank_clamp_final: bool = True  # false: re-rank by the final x0_hat unclamped (no ties at the +1 clamp)
+    bootstrap_resamples: int = 1000  # bootstrap resamples of the queries behind every CI and paired difference
+    bootstrap_seed: int = 0  # seed of the resampled query indices
+    ci_level: float = 0.95  # confidence level of every interval
 
     def validate(self, path: str) -> None:
         _check(len(self.benchmarks) >= 1, f"{path}.benchmarks", self.benchmarks, "a non-empty list")
         _in(f"{path}.rerank_from", self.rerank_from, RERANK_SOURCES)
+        _check(self.bootstrap_resamples >= 2, f"{path}.bootstrap_resamples", self.bootstrap_resamples,
+               "an integer >= 2 (1000 or more for a 95% interval)")
+        _check(0.0 < self.ci_level < 1.0, f"{path}.ci_level", self.ci_level, "a number in (0, 1), e.g. 0.95")
         _check(self.num_samples >= 1, f"{path}.num_samples", self.num_samples, "an integer >= 1")
         _in(f"{path}.selection", self.selection, ("val", "test"))
         _check(self.batch_size >= 1, f"{path}.batch_size", self.batch_size, "an integer >= 1")

@@ -19,11 +19,12 @@ Every score goes through `evaluation.scoring.score_queries`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from diffusionret.data.records import SplitAnnotations
 from diffusionret.evaluation.names import DIRECTIONS, OOD_SIDES
 from diffusionret.evaluation.ood import QueryEvidence
 from diffusionret.evaluation.scoring import RerankSettings, Scores, score_queries
@@ -40,6 +41,11 @@ class OodEvidence:
     evidence: dict[tuple[str, str], QueryEvidence]  # (direction, side) -> evidence; side in OOD_SIDES
     id_correct: np.ndarray  # (Q_A,) share of draws whose re-ranked t2v top-1 is the ID caption's video
     seconds: float  # wall time of the extra scoring and re-ranking
+    # direction -> (stage-1 (rows, columns), re-ranked (n, rows, columns)) of A's test queries against A's test
+    # gallery: the in-distribution cell's stage-1 and re-ranked rows, for the OOD-minus-ID differences
+    id_scores: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    id_caption_video: np.ndarray | None = None  # (Q_A,) video of each of A's test captions
+    same_queries: dict[str, bool] = field(default_factory=dict)  # direction -> A's and B's queries are the same items
 
 
 @dataclass
@@ -122,15 +128,27 @@ def score_ood(extractor: FeatureExtractor, generator: Generator, diffusion: Gaus
               in_dist: SplitFeatures, shifted: SplitFeatures, rerank: RerankSettings, chunk_size: int) -> OodEvidence:
     """OOD-detection evidence: A's and B's test queries against A's test gallery, both directions."""
     start = time.perf_counter()
-    evidence, id_correct = {}, None
+    evidence, id_correct, id_scores = {}, None, {}
     for direction in DIRECTIONS:
         for side, queries in zip(OOD_SIDES, (in_dist, shifted)):
             found, scores = _query_evidence(extractor, generator, diffusion, direction, queries, in_dist, rerank,
                                             chunk_size)
             evidence[(direction, side)] = found
+            if side == "id":
+                id_scores[direction] = (scores.stage1.numpy(), torch.stack(scores.reranked).float().numpy())
             if (direction, side) == ("t2v", "id"):
                 id_correct = top1_correct(scores.reranked, np.asarray(in_dist.annotations.caption_video))
-    return OodEvidence(evidence=evidence, id_correct=id_correct, seconds=time.perf_counter() - start)
+    return OodEvidence(evidence=evidence, id_correct=id_correct, seconds=time.perf_counter() - start,
+                       id_scores=id_scores, id_caption_video=np.asarray(in_dist.annotations.caption_video),
+                       same_queries=same_queries(in_dist.annotations, shifted.annotations))
+
+
+def same_queries(first: SplitAnnotations, second: SplitAnnotations) -> dict[str, bool]:
+    """Whether two test splits hold the same query items per direction (t2v: the same captions of the same videos;
+    v2t: the same videos with the same captions), so that their rows can be compared paired."""
+    identical = (first.video_ids == second.video_ids and first.captions == second.captions
+                 and first.caption_video == second.caption_video)
+    return {"t2v": identical, "v2t": identical}
 
 
 def score_cell(extractor: FeatureExtractor, generator: Generator, diffusion: GaussianDiffusion,

@@ -174,13 +174,21 @@ def t2v_metrics(scores: Any, caption_video: Any, *, faithful_msvd_grouping: bool
                 chunk_size: int = DEFAULT_CHUNK_SIZE, ties: str = DEFAULT_TIES,
                 ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, float]:
     """Text-to-video metrics: every caption (row of scores (Q, V)) ranks all videos."""
+    return recall_metrics(t2v_ranks(scores, caption_video, faithful_msvd_grouping=faithful_msvd_grouping,
+                                    chunk_size=chunk_size, ties=ties), ks)
+
+
+def t2v_ranks(scores: Any, caption_video: Any, *, faithful_msvd_grouping: bool = False,
+              chunk_size: int = DEFAULT_CHUNK_SIZE, ties: str = DEFAULT_TIES) -> np.ndarray:
+    """0-based rank of each caption's video (the per-query ranks behind `t2v_metrics`), captions in order; under
+    the released grouping the dropped caption is left out."""
     scores = _as_array(scores)
     if scores.ndim != 2:
         raise ValueError(f"t2v: scores must be (captions, videos), got shape {scores.shape}")
     gt = _ground_truth(_check_caption_video(caption_video, *scores.shape, "t2v"), faithful_msvd_grouping)
     kept = gt >= 0
     ranks = retrieval_ranks(scores, np.where(kept, gt, 0), chunk_size=chunk_size, ties=ties)
-    return recall_metrics(ranks[kept], ks)
+    return ranks[kept]
 
 
 def v2t_metrics(scores: Any, caption_video: Any, *, orientation: str, faithful_msvd_grouping: bool = False,
@@ -192,6 +200,14 @@ def v2t_metrics(scores: Any, caption_video: Any, *, orientation: str, faithful_m
     "video_rows" for scores (V, Q), e.g. the re-ranked S_v2t. With one caption per video this is
     ranking captions for each video.
     """
+    return recall_metrics(v2t_ranks(scores, caption_video, orientation=orientation,
+                                    faithful_msvd_grouping=faithful_msvd_grouping, chunk_size=chunk_size,
+                                    ties=ties), ks)
+
+
+def v2t_ranks(scores: Any, caption_video: Any, *, orientation: str, faithful_msvd_grouping: bool = False,
+              chunk_size: int = DEFAULT_CHUNK_SIZE, ties: str = DEFAULT_TIES) -> np.ndarray:
+    """0-based rank (V,) of each video's own caption group (the per-query ranks behind `v2t_metrics`)."""
     _check_ties(ties)
     if orientation not in ORIENTATIONS:
         raise ValueError(f"orientation={orientation!r} is not one of {ORIENTATIONS}")
@@ -218,7 +234,7 @@ def v2t_metrics(scores: Any, caption_video: Any, *, orientation: str, faithful_m
         group_scores = np.maximum.reduceat(chunk[:, order], starts, axis=1)  # (c, V): max over each group
         own = np.arange(row0, row0 + len(chunk))
         ranks[row0:row0 + len(chunk)] = _ranks_of_chunk(group_scores, own, row0, ties, "v2t (video row)")
-    return recall_metrics(ranks, ks)
+    return ranks
 
 
 def retrieval_metrics(scores: Any, caption_video: Any, *, scores_v2t: Any = None,

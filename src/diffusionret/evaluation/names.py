@@ -8,6 +8,9 @@ MdR, MnR (and `<name>_std`, the sample std over DDIM draws, for re-ranked rows w
   t2v_dsl, t2v_rerank_dsl           + dual softmax over the test queries (transductive)
   <prefix>_faithful                 the same row under the released off-by-one MSVD grouping
   chance/...                        a uniformly random ranking; protocol/... how checkpoints were selected
+  <prefix>/<name>_ci_low, _ci_high  bootstrap CI over queries (`uncertainty`); bootstrap/... its settings
+  <prefix>/<name>_delta[_ci_low|_ci_high]  a comparison row minus the stage-1 row of its direction, paired CI
+  <prefix>/<name>_shift[_ci_low|_ci_high]  an OOD cell's row minus the in-distribution cell's
   ood_detect/<score>/<metric>       OOD query detection, t2v (ood_detect_v2t/... for v2t)
 
 metrics.json holds every key (one file, all rows, so post-processed rows keep their suffix). An MLflow child run
@@ -29,7 +32,7 @@ REPORTED_KS = DEFAULT_KS  # R@1, R@5, R@10, R@50
 RANK_METRICS = tuple(f"R{k}" for k in REPORTED_KS) + ("MdR", "MnR")
 OOD_PREFIXES = {"t2v": "ood_detect", "v2t": "ood_detect_v2t"}  # metric prefix of each direction's detection
 OOD_SIDES = ("id", "ood")
-CELL_PREFIXES = ("chance", "protocol")  # cell-wide keys, logged with the postprocess=none run
+CELL_PREFIXES = ("chance", "protocol", "bootstrap")  # cell-wide keys, logged with the postprocess=none run
 # the headline (the DVC metric): R@1/5/10, MdR, MnR of stage 1 and re-ranked, both directions, one small file per
 # row (eval/<A>__<B>/headline/<row>.json) so that `dvc metrics show` is a table of five columns that fits a terminal
 HEADLINE_METRICS = ("R1", "R5", "R10", "MdR", "MnR")

@@ -10,6 +10,11 @@ OOD detection: `ood_detect/<score>/{auroc,aupr,fpr95,aurc}` for t2v and `ood_det
 for v2t, plus `ood_detect/aurc_random` (= the pooled full-coverage risk); AURC pools ID and OOD queries, an OOD
 query never being right (its video is not in A's gallery), an ID query right for the share of draws whose
 re-ranked top-1 is its video.
+
+Uncertainty (`uncertainty`): with a bootstrap, every row gets `<name>_ci_low/_ci_high` (percentile bootstrap over
+queries), every comparison row (re-ranked, QB-Norm, DSL, ...) its difference to the stage-1 row of the same
+direction, `<name>_delta` with the paired `<name>_delta_ci_low/_ci_high`, and an OOD cell's stage-1 and re-ranked
+rows their difference to the in-distribution cell's, `<name>_shift[_ci_low|_ci_high]`.
 """
 
 from __future__ import annotations
@@ -20,12 +25,15 @@ import numpy as np
 
 from diffusionret.config import PostprocessParams
 from diffusionret.evaluation.cell import CellScores, OodEvidence
-from diffusionret.evaluation.metrics import DEFAULT_TIES, chance_metrics, faithful_msvd_groups, t2v_metrics, v2t_metrics
+from diffusionret.evaluation.metrics import (DEFAULT_TIES, chance_metrics, faithful_msvd_groups, recall_metrics,
+                                             t2v_metrics, t2v_ranks, v2t_metrics, v2t_ranks)
 from diffusionret.evaluation.names import (DIRECTIONS, FAITHFUL_SUFFIX, HEADLINE_METRICS, OOD_PREFIXES, OOD_SIDES,
                                            RANK_METRICS, REPORTED_KS, ROWS, headline_keys, headline_rows,
                                            postprocess_of)
 from diffusionret.evaluation.ood import aurc, compute_scores, detection_metrics
 from diffusionret.evaluation.postprocess import dual_softmax, qb_norm
+from diffusionret.evaluation.uncertainty import (DELTA, SHIFT, Bootstrap, compare_rows, paired_difference,
+                                                 unpaired_difference)
 
 
 def row_matrices(cell: CellScores, post: PostprocessParams, chunk_size: int
@@ -88,6 +96,15 @@ def faithful_v2t_defined(caption_video: np.ndarray, num_videos: int) -> bool:
     return bool((np.bincount(grouped[grouped >= 0], minlength=num_videos) > 0).all())
 
 
+def matrix_ranks(prefix: str, scores: np.ndarray, caption_video: np.ndarray, *, chunk_size: int,
+                 faithful_msvd_grouping: bool = False) -> np.ndarray:
+    """Per-query 0-based ranks of one row's matrix: (Q captions,) for t2v, (V videos,) for v2t."""
+    common = dict(faithful_msvd_grouping=faithful_msvd_grouping, chunk_size=chunk_size, ties=DEFAULT_TIES)
+    if prefix.startswith("t2v"):
+        return t2v_ranks(scores, caption_video, **common)
+    return v2t_ranks(scores, caption_video, orientation="video_rows", **common)
+
+
 def cell_metrics(cell: CellScores, post: PostprocessParams, *, chunk_size: int, faithful_msvd_grouping: bool
                  ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Flat metrics (`<prefix>/<name>`, `_std` over draws, `chance/...`) and R@K curves (n, K) per prefix.
@@ -95,25 +112,88 @@ def cell_metrics(cell: CellScores, post: PostprocessParams, *, chunk_size: int, 
     With `faithful_msvd_grouping`, every row is also scored under the released off-by-one grouping as
     `<prefix>_faithful/...` (v2t only where that grouping leaves each video a caption).
     """
+    metrics, curves, _ = cell_rows(cell, post, chunk_size=chunk_size, faithful_msvd_grouping=faithful_msvd_grouping)
+    return metrics, curves
+
+
+def cell_rows(cell: CellScores, post: PostprocessParams, *, chunk_size: int, faithful_msvd_grouping: bool,
+              bootstrap: Bootstrap | None = None
+              ) -> tuple[dict[str, float], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """`cell_metrics` plus the per-query ranks of every row, prefix -> (draws, queries) int/float array; with
+    `bootstrap`, every row's `<name>_ci_low/high` and every comparison row's paired `<name>_delta[_ci_low|_high]`
+    against the stage-1 row of its direction (`uncertainty`)."""
     metrics: dict[str, float] = {}
     curves: dict[str, np.ndarray] = {}
+    ranks: dict[str, np.ndarray] = {}
     ks = curve_ks(cell.num_videos)
     faithful_v2t = faithful_msvd_grouping and faithful_v2t_defined(cell.caption_video, cell.num_videos)
     for prefix, matrices in row_matrices(cell, post, chunk_size):
-        per_draw, curve = [], []
+        per_draw, curve, row_ranks = [], [], []
         for scores in matrices:
-            full = matrix_metrics(prefix, scores, cell.caption_video, chunk_size=chunk_size, ks=ks)
+            found = matrix_ranks(prefix, scores, cell.caption_video, chunk_size=chunk_size)
+            full = recall_metrics(found, ks)
+            row_ranks.append(found)
             per_draw.append({name: full[name] for name in RANK_METRICS})
             curve.append([full[f"R{k}"] for k in range(1, cell.num_videos + 1)])
         metrics.update({f"{prefix}/{name}": value for name, value in aggregate_draws(per_draw).items()})
         curves[prefix] = np.asarray(curve, dtype=np.float64)  # (n, V): R@1 .. R@V
+        ranks[prefix] = np.stack(row_ranks)  # (n, Q) queries of the direction, one line per draw
         if faithful_msvd_grouping and (prefix.startswith("t2v") or faithful_v2t):
-            faithful = [matrix_metrics(prefix, scores, cell.caption_video, chunk_size=chunk_size,
-                                       faithful_msvd_grouping=True) for scores in matrices]
+            faithful = [matrix_ranks(prefix, scores, cell.caption_video, chunk_size=chunk_size,
+                                     faithful_msvd_grouping=True) for scores in matrices]
             metrics.update({f"{prefix}{FAITHFUL_SUFFIX}/{name}": value
-                            for name, value in aggregate_draws(faithful).items()})
+                            for name, value in aggregate_draws([recall_metrics(r) for r in faithful]).items()})
+            ranks[prefix + FAITHFUL_SUFFIX] = np.stack(faithful)
     metrics.update({f"chance/{name}": value for name, value in chance_metrics(cell.num_videos).items()})
-    return metrics, curves
+    if bootstrap is not None:
+        metrics.update(uncertainty_metrics(ranks, bootstrap))
+    return metrics, curves, ranks
+
+
+def baseline_prefix(prefix: str) -> str:
+    """The stage-1 row a row is compared with: same direction and grouping (`t2v_rerank_qbnorm` -> `t2v`)."""
+    return prefix[:3] + (FAITHFUL_SUFFIX if prefix.endswith(FAITHFUL_SUFFIX) else "")
+
+
+def uncertainty_metrics(ranks: dict[str, np.ndarray], bootstrap: Bootstrap) -> dict[str, float]:
+    """Every row's CIs and every comparison row's paired delta to its stage-1 row, plus `bootstrap/...` settings."""
+    out = {"bootstrap/resamples": float(bootstrap.resamples), "bootstrap/seed": float(bootstrap.seed),
+           "bootstrap/level": float(bootstrap.level)}
+    baselines = {prefix: baseline_prefix(prefix) for prefix in ranks if baseline_prefix(prefix) != prefix}
+    for prefix, found in compare_rows(ranks, baselines, bootstrap).items():
+        out.update({f"{prefix}/{name}": value for name, value in found.items()})
+    return out
+
+
+def id_ranks(ood: OodEvidence, chunk_size: int) -> dict[str, np.ndarray]:
+    """Per-query ranks of the in-distribution cell's stage-1 and re-ranked rows, from the OOD evidence (A's test
+    queries against A's test gallery, the same seeds): prefix -> (draws, queries)."""
+    out = {}
+    for direction in DIRECTIONS:
+        stage1, reranked = ood.id_scores[direction]
+        out[direction] = matrix_ranks(direction, stage1, ood.id_caption_video, chunk_size=chunk_size)[None]
+        out[direction + "_rerank"] = np.stack([matrix_ranks(direction, scores, ood.id_caption_video,
+                                                            chunk_size=chunk_size) for scores in reranked])
+    return out
+
+
+def shift_metrics(ranks: dict[str, np.ndarray], in_dist: dict[str, np.ndarray], same_queries: dict[str, bool],
+                  bootstrap: Bootstrap) -> dict[str, float]:
+    """An OOD cell's stage-1 and re-ranked rows minus the in-distribution cell's same rows: `<prefix>/<name>_shift`
+    with its CI, paired when both cells' queries of a direction are the same items (`bootstrap/shift_paired_<dir>`
+    = 1), else an independent two-sample bootstrap (= 0)."""
+    out = {}
+    for direction in DIRECTIONS:
+        paired = same_queries[direction]
+        out[f"bootstrap/shift_paired_{direction}"] = float(paired)
+        for prefix in (direction, direction + "_rerank"):
+            if paired:
+                found = {name.replace(DELTA, SHIFT): value
+                         for name, value in paired_difference(ranks[prefix], in_dist[prefix], bootstrap).items()}
+            else:
+                found = unpaired_difference(ranks[prefix], in_dist[prefix], bootstrap)
+            out.update({f"{prefix}/{name}": value for name, value in found.items()})
+    return out
 
 
 def ood_metrics(ood: OodEvidence) -> tuple[dict[str, float], dict[str, np.ndarray]]:

@@ -5,7 +5,8 @@ Scoring is `evaluation.cell` (torch), rows and metrics `evaluation.rows` (numpy)
 Outputs in eval/<A>__<B>/: headline/{t2v,t2v_rerank,v2t,v2t_rerank}.json (the DVC metric: R@1/5/10, MdR, MnR of
 stage 1 and re-ranked, both directions; one small file per row keeps `dvc metrics show` to five columns), metrics.json (every row, flat `<prefix>/<name>` keys), scores.npz (stage-1, re-ranked and bank
 matrices: every post-processed row can be recomputed from them; OOD per-query scores
-`ood__<direction>__<id|ood>__<score>`, `ood__t2v__id_correct`), curves.npz (R@K for every K, per row and draw,
+`ood__<direction>__<id|ood>__<score>`, `ood__t2v__id_correct`), ranks.npz (per-query ranks of every row and
+draw, from which every CI and difference can be recomputed), curves.npz (R@K for every K, per row and draw,
 for the report's plots), cell.json (what was evaluated, how, and the MLflow run ids).
 
 MLflow: one child run per (cell, postprocess) under A's stage-1 run, named `→ <B> · <postprocess>` (led by the DVC
@@ -30,17 +31,20 @@ from diffusionret.config import Params, flatten
 from diffusionret.evaluation.cell import CellScores, check_selection, draw_seeds, score_cell
 from diffusionret.evaluation.metrics import DEFAULT_TIES
 from diffusionret.evaluation.names import POSTPROCESSES, run_metric_name
-from diffusionret.evaluation.rows import (cell_metrics, faithful_v2t_defined, headline_files, headline_metrics,
-                                         metrics_of_postprocess, ood_metrics)
+from diffusionret.evaluation.rows import (cell_rows, faithful_v2t_defined, headline_files, headline_metrics, id_ranks,
+                                         metrics_of_postprocess, ood_metrics, shift_metrics)
+from diffusionret.evaluation.uncertainty import Bootstrap
 from diffusionret.evaluation.scoring import RerankSettings
 from diffusionret.features.cache import load_split_features
 from diffusionret.method.diffusion import create_diffusion
 from diffusionret.model.checkpoint import load_extractor, load_generator, read_metadata
 from diffusionret.pipeline.paths import Paths
 
+ID_RANKS = "id__"  # ranks.npz keys of the in-distribution cell's rows, recomputed in an OOD cell
 # the eval.* keys this stage reads (dvc.yaml declares the same list; not benchmarks / batch_size)
 EVAL_KEYS = ("rerank_k", "rerank_temperature", "rerank_alpha", "rerank_query_batch", "seed", "chunk_size",
-             "num_samples", "faithful_msvd_grouping", "selection", "rerank_from", "rerank_clamp_final")
+             "num_samples", "faithful_msvd_grouping", "selection", "rerank_from", "rerank_clamp_final",
+             "bootstrap_resamples", "bootstrap_seed", "ci_level")
 
 
 def rerank_temperature_alpha(params: Params, gen_meta: dict | None) -> tuple[float, float]:
@@ -94,6 +98,18 @@ def load_and_score(trained: str, evaluated: str, params: Params, paths: Paths) -
                       bank_seed=post.qbnorm_bank_seed, in_dist=in_dist)
 
 
+def bootstrap_settings(params: Params) -> Bootstrap:
+    """eval.bootstrap_resamples, eval.bootstrap_seed and eval.ci_level."""
+    settings = params.eval
+    return Bootstrap(resamples=settings.bootstrap_resamples, seed=settings.bootstrap_seed, level=settings.ci_level)
+
+
+def save_ranks(path: Path, ranks: dict[str, np.ndarray], cell: CellScores) -> None:
+    """ranks.npz: per-query 0-based ranks of every row (layout in the README, "Per-query ranks")."""
+    np.savez_compressed(path, **ranks, caption_video=cell.caption_video, seeds=np.asarray(cell.seeds),
+                        **({} if cell.ood is None else {f"{ID_RANKS}caption_video": cell.ood.id_caption_video}))
+
+
 def write_json(path: Path, values: dict) -> None:
     path.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
 
@@ -107,6 +123,8 @@ def describe_cell(trained: str, evaluated: str, cell: CellScores, metrics: dict[
         "trained": trained, "evaluated": evaluated, "ood": trained != evaluated,
         "source": params.benchmark(evaluated).source,
         "selection": settings.selection, "num_samples": settings.num_samples, "seeds": list(cell.seeds),
+        "bootstrap": {"resamples": settings.bootstrap_resamples, "seed": settings.bootstrap_seed,
+                      "level": settings.ci_level, "unit": "query (t2v: caption, v2t: video)"},
         "ties": DEFAULT_TIES, "faithful_msvd_grouping": settings.faithful_msvd_grouping,
         "faithful_v2t": settings.faithful_msvd_grouping and faithful_v2t_defined(cell.caption_video, cell.num_videos),
         "num_queries": int(cell.stage1.shape[0]), "num_videos": cell.num_videos,
@@ -142,6 +160,7 @@ def log_runs(trained: str, evaluated: str, cell: CellScores, metrics: dict[str, 
                 "protocol": "official: checkpoints selected on test" if settings.selection == "test"
                 else "checkpoints selected on val", "num_samples": settings.num_samples,
                 "faithful_msvd_grouping": str(settings.faithful_msvd_grouping).lower(), "split": "test",
+                "seed": params.train.seed,
                 "dvc_stage": f"evaluate@{trained}-{evaluated}", "git_commit": tracking.git_commit(repo_root)}
         with tracking.start_run(experiment=parent["experiment"], tags=tags, parent_run_id=nest_under,
                                 run_name=f"→ {evaluated} · {postprocess}"):
@@ -163,15 +182,20 @@ def evaluate_cell(trained: str, evaluated: str, params: Params, paths: Paths, re
     """Score, write headline/*.json, metrics.json, scores.npz, curves.npz, cell.json, and log to MLflow."""
     settings = params.eval
     cell = load_and_score(trained, evaluated, params, paths)
-    metrics, curves = cell_metrics(cell, params.postprocess, chunk_size=settings.chunk_size,
-                                   faithful_msvd_grouping=settings.faithful_msvd_grouping)
+    boot = bootstrap_settings(params)
+    metrics, curves, ranks = cell_rows(cell, params.postprocess, chunk_size=settings.chunk_size,
+                                       faithful_msvd_grouping=settings.faithful_msvd_grouping, bootstrap=boot)
     metrics["protocol/selected_on_test"] = float(settings.selection == "test")
     ood_stored: dict[str, np.ndarray] = {}
     if cell.ood is not None:
         found, ood_stored = ood_metrics(cell.ood)
         metrics.update(found)
+        in_dist = id_ranks(cell.ood, settings.chunk_size)
+        metrics.update(shift_metrics(ranks, in_dist, cell.ood.same_queries, boot))
+        ranks.update({f"{ID_RANKS}{prefix}": value for prefix, value in in_dist.items()})
     out_dir = paths.evaluation(trained, evaluated)
     out_dir.mkdir(parents=True, exist_ok=True)
+    save_ranks(out_dir / "ranks.npz", ranks, cell)
     np.savez_compressed(out_dir / "scores.npz", stage1=cell.stage1, t2v_rerank=cell.t2v_rerank,
                         v2t_rerank=cell.v2t_rerank, bank_t2v=cell.bank_t2v, bank_t2v_rerank=cell.bank_t2v_rerank,
                         bank_v2t=cell.bank_v2t, bank_v2t_rerank=cell.bank_v2t_rerank,

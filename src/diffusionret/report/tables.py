@@ -1,7 +1,8 @@
 """Markdown tables of the results report, from the flat metrics of each evaluation cell.
 
 Paper column order: R@1, R@5, R@10, MdR, MnR for t2v, then for v2t. A re-ranked row shows
-`mean ± std` over the DDIM draws (sample std); a missing value prints as n/a.
+`mean ± std` over the DDIM draws (sample std), every row its bootstrap CI `[low, high]` when the cell has one;
+differences to stage 1 (paired) and OOD-minus-ID shifts get their own tables; a missing value prints as n/a.
 """
 
 from __future__ import annotations
@@ -56,12 +57,59 @@ class CellResult:
 
 
 def format_value(metrics: dict[str, float | None], key: str) -> str:
-    """`22.0`, `22.2 ± 0.3` when `<key>_std` exists, or `n/a` when the key is missing."""
+    """`22.0`, `22.2 ± 0.3` when `<key>_std` exists, `... [19.5, 24.5]` when the bootstrap CI `<key>_ci_low/high`
+    exists, or `n/a` when the key is missing."""
     value = metrics.get(key)
     if value is None:
         return "n/a"
     std = metrics.get(f"{key}_std")
-    return f"{value:.1f}" if std is None else f"{value:.1f} ± {std:.1f}"
+    text = f"{value:.1f}" if std is None else f"{value:.1f} ± {std:.1f}"
+    low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+    return text if low is None or high is None else f"{text} [{low:.1f}, {high:.1f}]"
+
+
+def format_difference(metrics: dict[str, float | None], key: str, part: str = "_delta") -> str:
+    """`+1.5 [-0.5, +3.0]` from `<key><part>` and its CI; bold when the CI excludes 0; `n/a` when missing."""
+    value = metrics.get(key + part)
+    if value is None:
+        return "n/a"
+    low, high = metrics.get(f"{key}{part}_ci_low"), metrics.get(f"{key}{part}_ci_high")
+    if low is None or high is None:
+        return f"{value:+.1f}"
+    text = f"{value:+.1f} [{low:+.1f}, {high:+.1f}]"
+    return f"**{text}**" if low > 0 or high < 0 else text
+
+
+def difference_table(result: CellResult, part: str = "_delta") -> str:
+    """Each comparison row minus the stage-1 row of its direction (`_delta`, paired bootstrap), or an OOD cell's
+    stage-1 and re-ranked rows minus the in-distribution cell's (`_shift`); empty without such keys."""
+    rows = [(suffix, label) for suffix, label in (ROWS if part == "_delta" else OOD_ROWS)
+            if any(f"{d}{suffix}/R1{part}" in result.metrics for d in DIRECTIONS)]
+    if not rows:
+        return ""
+    header = "| | " + " | ".join(f"{direction} {title}" for direction in DIRECTIONS for _, title in COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (1 + len(DIRECTIONS) * len(COLUMNS))]
+    for suffix, label in rows:
+        cells = [format_difference(result.metrics, f"{direction}{suffix}/{name}", part) for direction in DIRECTIONS
+                 for name, _ in COLUMNS]
+        lines.append("| " + " | ".join([label, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def difference_caption(result: CellResult, part: str = "_delta") -> str:
+    """How the differences of a cell were bootstrapped (resamples, level, paired or not)."""
+    boot = result.info.get("bootstrap", {})
+    level = f"{100 * boot.get('level', 0.95):.0f}%"
+    resamples = boot.get("resamples", "?")
+    if part == "_delta":
+        return (f"_Row minus stage 1 of the same direction (R@K in points; MdR/MnR in ranks, lower is better), with "
+                f"the {level} paired bootstrap CI over queries ({resamples} resamples, the same resampled queries for "
+                f"both rows); bold: the CI excludes 0._")
+    paired = {d: result.metrics.get(f"bootstrap/shift_paired_{d}") for d in DIRECTIONS}
+    how = ", ".join(f"{d}: {'paired' if value else 'unpaired (different queries: independent two-sample bootstrap)'}"
+                    for d, value in paired.items() if value is not None)
+    return (f"_This cell minus the in-distribution cell `{result.trained} → {result.trained}` (same model, its own "
+            f"test set), {level} CI over queries, {resamples} resamples; {how}; bold: the CI excludes 0._")
 
 
 def _table_row(label: str, metrics: dict[str, float | None], prefixes: dict[str, str]) -> str:
@@ -187,6 +235,15 @@ def ood_detection_section(results: list[CellResult], figures: dict[str, list[str
     return lines + [""]
 
 
+def difference_section(result: CellResult, part: str) -> list[str]:
+    """A cell's difference table with its title and caption (no lines without differences)."""
+    table = difference_table(result, part)
+    if not table:
+        return []
+    title = "Differences to stage 1" if part == "_delta" else "Shift: this cell minus in-distribution"
+    return [f"{title}:", "", table, "", difference_caption(result, part), ""]
+
+
 def results_markdown(results: list[CellResult], trained: list[str], evaluated: list[str],
                      figures: dict[str, list[str]]) -> str:
     """The whole reports/results.md; `figures` maps a section key (benchmark or cell name) to image paths."""
@@ -199,6 +256,10 @@ def results_markdown(results: list[CellResult], trained: list[str], evaluated: l
              "- Multi-caption test sets: t2v ranks every caption against all videos; v2t ranks caption groups "
              "scored by the max over the group (CLIP4Clip convention), groups from explicit video ids.",
              "- Re-ranked rows: mean ± sample standard deviation over the DDIM draws (seeds eval.seed + i).",
+             "- [low, high]: percentile-bootstrap confidence interval over queries (t2v: captions, v2t: videos; "
+             "eval.ci_level, eval.bootstrap_resamples). Re-ranked rows: R@K is the mean over queries of each "
+             "query's hit rate over the draws, MnR of its mean rank, MdR the mean over draws of the median rank. "
+             "Per-query ranks of every row and draw: `eval/<trained>__<evaluated>/ranks.npz`.",
              "- QB-Norm: dynamic inverted softmax with a querybank of the TRAINED benchmark's training captions "
              "(t2v) / videos (v2t) scored against the test gallery, never test queries; for re-ranked rows the "
              "bank is re-ranked with the same generator and seed.",
@@ -214,6 +275,7 @@ def results_markdown(results: list[CellResult], trained: list[str], evaluated: l
         if result.ood:
             continue
         lines += [f"### {result.evaluated}", "", cell_table(result), "", cell_caption(result), ""]
+        lines += difference_section(result, "_delta")
         lines += [f"![{path}]({path})" for path in figures.get(f"{result.trained}__{result.evaluated}", [])] + [""]
     lines += ["## Out-of-distribution", "",
               "A model trained on one benchmark (rows), evaluated on another's test set with that benchmark's "
@@ -226,6 +288,7 @@ def results_markdown(results: list[CellResult], trained: list[str], evaluated: l
             continue
         lines += [f"### {result.trained} → {result.evaluated}", "", cell_table(result), "",
                   cell_caption(result), ""]
+        lines += difference_section(result, "_delta") + difference_section(result, "_shift")
         lines += [f"![{path}]({path})" for path in figures.get(f"{result.trained}__{result.evaluated}", [])] + [""]
     lines += ["## Training curves", ""]
     for source in trained:
