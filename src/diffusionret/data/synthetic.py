@@ -42,6 +42,7 @@ import json
 import multiprocessing
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -236,23 +237,35 @@ def _csv_text(header: list[str], rows: list[list]) -> str:
     return buffer.getvalue()
 
 
-def generate_synthetic(out_dir: Path, *, seed: int, num_train: int, num_val: int, num_test: int,
-                       captions_per_train_video: int, captions_per_eval_video: int = 1, shift: str = "none", image_size: int = 64, fps: int = 8,
-                       workers: int = 1, progress: bool = True) -> dict:
-    """Write one synthetic benchmark to `out_dir` in the MSRVTT layout and return its counts.
+@dataclass
+class SyntheticPlan:
+    """Everything of a synthetic benchmark but the pixels: annotations, meanings and the video jobs."""
 
-    Every val/test video gets `captions_per_eval_video` captions from distinct templates, one csv row each
-    (the MSRVTT reader groups rows by video: every caption a t2v query, multi-caption v2t).
-    """
+    sentences: list[dict]  # {video_id, caption, sen_id} of every split (MSRVTT_data.json)
+    videos: list[dict]  # {video_id, split} (split named as in the real file: train / validate / test)
+    meanings: dict[str, dict]  # video id -> {colour, shape, motion}
+    split_rows: dict[str, list[list]]  # "val"/"test" -> csv rows [key, vid_key, video_id, sentence], one per caption
+    jobs: list[tuple]  # (path, meaning, seed, textured, image_size, fps) per video, for `_write_videos`
+
+    def captions(self, split: str) -> list[str]:
+        """Every caption of "train", "val" or "test", in file order."""
+        if split != "train":
+            return [row[3] for row in self.split_rows[split]]
+        train = {v["video_id"] for v in self.videos if v["split"] == "train"}
+        return [s["caption"] for s in self.sentences if s["video_id"] in train]
+
+
+def plan_synthetic(out_dir: Path, *, seed: int, num_train: int, num_val: int, num_test: int,
+                   captions_per_train_video: int, captions_per_eval_video: int = 1, shift: str = "none",
+                   image_size: int = 64, fps: int = 8) -> SyntheticPlan:
+    """The annotations and video jobs `generate_synthetic` writes (cheap: no video is drawn)."""
     if shift not in SHIFTS:
         raise ValueError(f"unknown shift {shift!r}; choose one of {SHIFTS}")
     for name, n in {"num_val": num_val, "num_test": num_test}.items():
         if n > len(MEANINGS):
             raise ValueError(f"{name}={n} exceeds the {len(MEANINGS)} distinct caption meanings; "
                              "val/test meanings must be unique, so use at most that many videos")
-    started = time.perf_counter()
     out_dir = Path(out_dir)
-    (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     shifted_templates = UNSEEN_TEMPLATES if shift != "none" else SEEN_TEMPLATES
     if (num_val or num_test) and not 1 <= captions_per_eval_video <= len(shifted_templates):
         raise ValueError(f"captions_per_eval_video={captions_per_eval_video}: each caption of a val/test video comes "
@@ -288,6 +301,26 @@ def generate_synthetic(out_dir: Path, *, seed: int, num_train: int, num_val: int
             textured = shift == "visual_text" and split != "train"
             jobs.append((str(out_dir / "videos" / f"{video_id}.mp4"), meaning,
                          [seed, SPLIT_CODES[split], index, 1], textured, image_size, fps))
+    return SyntheticPlan(sentences, videos, meanings, split_rows, jobs)
+
+
+def generate_synthetic(out_dir: Path, *, seed: int, num_train: int, num_val: int, num_test: int,
+                       captions_per_train_video: int, captions_per_eval_video: int = 1, shift: str = "none",
+                       image_size: int = 64, fps: int = 8, workers: int = 1, progress: bool = True) -> dict:
+    """Write one synthetic benchmark to `out_dir` in the MSRVTT layout and return its counts.
+
+    Every val/test video gets `captions_per_eval_video` captions from distinct templates, one csv row each
+    (the MSRVTT reader groups rows by video: every caption a t2v query, multi-caption v2t).
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    plan = plan_synthetic(out_dir, seed=seed, num_train=num_train, num_val=num_val, num_test=num_test,
+                          captions_per_train_video=captions_per_train_video,
+                          captions_per_eval_video=captions_per_eval_video, shift=shift, image_size=image_size,
+                          fps=fps)
+    (out_dir / "videos").mkdir(parents=True, exist_ok=True)
+    sentences, videos, meanings, split_rows, jobs = (plan.sentences, plan.videos, plan.meanings, plan.split_rows,
+                                                     plan.jobs)
 
     chunks = [jobs[i:i + 64] for i in range(0, len(jobs), 64)]
     bar = tqdm(total=len(jobs), desc=f"synthetic ({shift})", unit="video", disable=not progress)
