@@ -1,5 +1,6 @@
-"""Evaluation cost of the multi-caption synthetic test set: time score_cell (ID cell: t2v + v2t + banks) on the 1000-caption synthetic test set and on its 200-caption subset
-(first caption of each video), and rerank_val_r1 on val 1000 vs 200, in one process, sequentially.
+"""Evaluation cost of the multi-caption synthetic test set: `score_cell` (t2v + v2t + QB-Norm banks, every DDIM
+draw) on the 1,000-caption test set and on its 200-caption subset (first caption of each video), and the stage-2
+validation metric (`rerank_val_r1`) on val 1,000 vs 200 captions; in one process, one after the other.
 
 Needs the outputs of a default `make repro` (models/synthetic, data/features/synthetic/synthetic). The in-distribution
 cell only (an OOD cell adds the OOD-detection re-ranking of both test sets, which grows the same way).
