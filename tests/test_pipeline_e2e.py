@@ -136,7 +136,7 @@ from pathlib import Path
 from diffusionret.config import load_params
 from diffusionret.evaluation.rows import cell_metrics, ood_metrics
 from diffusionret.evaluation.ties import cell_ties
-from diffusionret.pipeline.evaluate import load_and_score, test_truncation
+from diffusionret.pipeline.evaluate import load_and_score, truncation_of_test_split
 from diffusionret.pipeline.paths import Paths
 params = load_params('params.yaml')
 paths = Paths(Path.cwd(), params.data)
@@ -145,7 +145,7 @@ metrics, _ = cell_metrics(cell, params.postprocess, chunk_size=params.eval.chunk
                           faithful_msvd_grouping=params.eval.faithful_msvd_grouping)
 metrics.update(ood_metrics(cell.ood)[0])
 metrics.update(cell_ties(cell.stage1, cell.sentence, cell.captions))
-metrics.update(test_truncation(paths.features('synthetic', 'synthetic-shift')))
+metrics.update(truncation_of_test_split(paths.features('synthetic', 'synthetic-shift')))
 print(json.dumps(metrics))
 """
     again = json.loads(run([sys.executable, "-c", script], work, env).stdout.strip().splitlines()[-1])

@@ -141,7 +141,7 @@ def log_runs(trained: str, evaluated: str, cell: CellScores, metrics: dict[str, 
     return {"mlflow_parent": nest_under, "mlflow_runs": run_ids}
 
 
-def test_truncation(features_dir: Path) -> dict[str, float]:
+def truncation_of_test_split(features_dir: Path) -> dict[str, float]:
     """`captions/test/...`: the test captions max_words cut under the model's tokenizer (extract's info.json);
     empty for a feature cache written before extract counted them."""
     info_path = features_dir / "info.json"
@@ -158,7 +158,7 @@ def evaluate_cell(trained: str, evaluated: str, params: Params, paths: Paths, re
                                    faithful_msvd_grouping=settings.faithful_msvd_grouping)
     metrics["protocol/selected_on_test"] = float(settings.selection == "test")
     metrics.update(cell_ties(cell.stage1, cell.sentence, cell.captions))
-    metrics.update(test_truncation(paths.features(trained, evaluated)))
+    metrics.update(truncation_of_test_split(paths.features(trained, evaluated)))
     ood_stored: dict[str, np.ndarray] = {}
     if cell.ood is not None:
         found, ood_stored = ood_metrics(cell.ood)
