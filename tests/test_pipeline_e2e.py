@@ -15,6 +15,7 @@ from diffusionret.evaluation.names import file_metric_key, headline_keys
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
+QUERIES = 32 * 5  # 32 test videos, 5 captions each (params.yaml captions_per_eval_video)
 
 
 def shrink(params: dict) -> dict:
@@ -84,10 +85,12 @@ def test_metrics_written_for_every_cell_of_the_ood_grid(pipeline):
                 # two DDIM draws: re-ranked rows carry their spread, stage-1 rows are deterministic
                 assert (f"{prefix}/{name}_std" in metrics) == ("rerank" in prefix), (cell, prefix, name)
         assert metrics["chance/R1"] == pytest.approx(100 / 32)
+        assert metrics["captions/test/captions"] == QUERIES and metrics["captions/test/truncated"] == 0
+        assert metrics["ties/distinct_texts"] == QUERIES and "ties/score_rows/tied_captions" in metrics
         with np.load(work / "eval" / cell / "scores.npz") as scores:
-            assert scores["stage1"].shape == (32, 32)
-            assert scores["t2v_rerank"].shape == (2, 32, 32) and scores["v2t_rerank"].shape == (2, 32, 32)
-            assert scores["bank_t2v"].shape == (48, 32) and scores["bank_v2t_rerank"].shape == (2, 48, 32)
+            assert scores["stage1"].shape == (QUERIES, 32)  # multi-caption: every caption a t2v query
+            assert scores["t2v_rerank"].shape == (2, QUERIES, 32) and scores["v2t_rerank"].shape == (2, 32, QUERIES)
+            assert scores["bank_t2v"].shape == (48, 32) and scores["bank_v2t_rerank"].shape == (2, 48, QUERIES)
             assert list(scores["seeds"]) == [0, 1]
         with np.load(work / "eval" / cell / "curves.npz") as curves:
             assert curves["t2v_rerank_qbnorm"].shape == (2, 32) and curves["v2t"].shape == (1, 32)
@@ -115,7 +118,8 @@ def test_metrics_written_for_every_cell_of_the_ood_grid(pipeline):
             for metric in ("auroc", "aupr", "fpr95"):
                 assert 0.0 <= metrics[f"ood_detect_v2t/{name}/{metric}"] <= 1.0, (cell, name, metric)
         with np.load(work / "eval" / cell / "scores.npz") as scores:
-            assert scores["ood__t2v__id__s1_max"].shape == (32,) and scores["ood__v2t__ood__gen_neg_spread"].shape == (32,)
+            assert scores["ood__t2v__id__s1_max"].shape == (QUERIES,)
+            assert scores["ood__v2t__ood__gen_neg_spread"].shape == (32,)  # the 32 test videos as queries
         info = json.loads((work / "eval" / cell / "cell.json").read_text())
         assert info["ood_detect"]["seconds"] > 0 and info["ood_detect"]["gallery"] == "synthetic/test"
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], work, env).stdout)
@@ -140,15 +144,19 @@ import json
 from pathlib import Path
 from diffusionret.config import load_params
 from diffusionret.evaluation.rows import cell_rows, id_ranks, ood_metrics, shift_metrics
-from diffusionret.pipeline.evaluate import bootstrap_settings, load_and_score
+from diffusionret.evaluation.ties import cell_ties
+from diffusionret.pipeline.evaluate import bootstrap_settings, load_and_score, truncation_of_test_split
 from diffusionret.pipeline.paths import Paths
 params = load_params('params.yaml')
-cell = load_and_score('synthetic', 'synthetic-shift', params, Paths(Path.cwd(), params.data))
+paths = Paths(Path.cwd(), params.data)
+cell = load_and_score('synthetic', 'synthetic-shift', params, paths)
 boot = bootstrap_settings(params)
 metrics, _, ranks = cell_rows(cell, params.postprocess, chunk_size=params.eval.chunk_size,
                               faithful_msvd_grouping=params.eval.faithful_msvd_grouping, bootstrap=boot)
 metrics.update(ood_metrics(cell.ood)[0])
 metrics.update(shift_metrics(ranks, id_ranks(cell.ood, params.eval.chunk_size), cell.ood.same_queries, boot))
+metrics.update(cell_ties(cell.stage1, cell.sentence, cell.captions))
+metrics.update(truncation_of_test_split(paths.features('synthetic', 'synthetic-shift')))
 print(json.dumps(metrics))
 """
     again = json.loads(run([sys.executable, "-c", script], work, env).stdout.strip().splitlines()[-1])
@@ -252,6 +260,7 @@ def test_mlflow_holds_runs_with_loss_curves_and_eval_children(pipeline):
 def test_trained_model_beats_the_untrained_one(pipeline):
     """Same architecture, same test set: the trained extractor ranks the right video far better."""
     work, env = pipeline
+    max_words = yaml.safe_load((work / "params.yaml").read_text())["benchmarks"]["synthetic"]["max_words"]
     script = f"""
 import json, numpy as np, torch
 from pathlib import Path
@@ -269,7 +278,7 @@ untrained = FeatureExtractor(type(trained.backbone.clip)(trained.backbone.clip.c
                              temporal_layers=meta['model']['temporal_layers'], head=meta['model']['head'])
 annotations = load_annotations(work / 'data/frames/synthetic/annotations/test.json')
 cache = load_frame_cache(work / 'data/frames/synthetic')
-ids, mask = tokenize(load_tokenizer(work / 'models/synthetic/disc/tokenizer'), annotations.captions, 16)
+ids, mask = tokenize(load_tokenizer(work / 'models/synthetic/disc/tokenizer'), annotations.captions, {max_words})
 rows = np.array([cache.row_of[v] for v in annotations.video_ids])
 out = {{}}
 for name, model in (('trained', trained), ('untrained', untrained)):

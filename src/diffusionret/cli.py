@@ -193,7 +193,21 @@ def data_check(params: Params, benchmark: str, root: Path | None, params_file: P
         raw_root = Path(params.data.raw_root)
         raw_root = raw_root if raw_root.is_absolute() else params_file.resolve().parent / raw_root
         root = raw_root / (benchmark if settings.source == "synthetic" else settings.source)
-    return check_benchmark_files(benchmark, settings, root)
+    return check_benchmark_files(benchmark, settings, root, stage1_token_counts(params, params_file))
+
+
+def stage1_token_counts(params: Params, params_file: Path) -> dict:
+    """`tokenizer:<A>` -> token lengths under the stage-1 tokenizer of every trained benchmark A that has one
+    (models/<A>/disc/tokenizer): `data check` then counts the cut captions exactly, beside the lower bound."""
+    from diffusionret.model.tokenizer import load_tokenizer, token_lengths
+
+    found = {}
+    for trained in params.train.benchmarks:
+        directory = params_file.resolve().parent / "models" / trained / "disc" / "tokenizer"
+        if directory.is_dir():
+            tokenizer = load_tokenizer(directory)
+            found[f"tokenizer:{trained}"] = lambda captions, tokenizer=tokenizer: token_lengths(tokenizer, captions)
+    return found
 
 
 def _print_check(result: dict) -> None:
@@ -212,6 +226,12 @@ def _print_check(result: dict) -> None:
         verdict = "a leak: test results would measure memorisation" if pair == "train-test" else "reported only"
         print(f"{len(ids)} videos are in both {pair.replace('-', ' and ')} ({verdict}); first "
               f"{min(10, len(ids))}: {', '.join(ids[:10])}")
+    print(f"captions cut at max_words (word_pieces = a lower bound before stage 1; tokenizer:<A> = exact):")
+    for counted_with, per_split in result.get("truncation", {}).items():
+        for split, cut in per_split.items():
+            print(f"  {counted_with:<24} {split:<6} {cut['truncated']:>6,} of {cut['captions']:,} cut (max "
+                  f"{cut['max_excess']}, mean {cut['mean_excess']:.1f} tokens over; longest {cut['longest']} of "
+                  f"max_words {cut['max_words']})")
     print("complete" if result["complete"] else "INCOMPLETE")
 
 

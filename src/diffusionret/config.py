@@ -82,9 +82,12 @@ class SyntheticParams:
     captions_per_train_video: int = 2
     image_size: int = 64  # pixels of the generated videos
     fps: int = 8  # frame rate of the generated videos
+    captions_per_eval_video: int = 5  # val/test captions per video, each from a different template (multi-caption)
 
     def validate(self, path: str) -> None:
         _in(f"{path}.shift", self.shift, SYNTHETIC_SHIFTS)
+        _check(1 <= self.captions_per_eval_video <= 5, f"{path}.captions_per_eval_video",
+               self.captions_per_eval_video, "an integer from 1 to 5 (each from a different caption template)")
         for name in ("num_train", "num_val", "captions_per_train_video"):
             _check(getattr(self, name) >= 0, f"{path}.{name}", getattr(self, name), "an integer >= 0")
         _check(self.num_test >= 2, f"{path}.num_test", self.num_test, "an integer >= 2")

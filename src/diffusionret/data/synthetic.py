@@ -4,7 +4,10 @@ Every video shows one shape (6 colours x 4 shapes) moving along one of 16 motion
 4 single directions, 8 "A then B" paths at right angles (telling "left, then up" from "up, then left" needs
 temporal order) and 4 back-and-forth paths. That is 6 x 4 x 16 = 384 caption meanings. Videos are 64 px,
 8 fps, 2-4 s long. Val and test meanings are drawn without replacement, so no two videos of one of those
-splits share a meaning (a duplicate would cap R@1); train videos may repeat meanings.
+splits share a meaning (a duplicate would cap R@1); train videos may repeat meanings. Each val/test video has
+`captions_per_eval_video` captions, each from a different template (5 templates per set: 1000 t2v queries on
+200 test videos), scored with the multi-caption protocol (every caption a t2v query; v2t counts a video's best
+caption).
 
 Caption templates (the seen and unseen sets are disjoint; colour, shape and direction synonyms are shared):
 - seen (every split of `shift="none"`, and the train split of the shifted sets):
@@ -13,7 +16,8 @@ Caption templates (the seen and unseen sets are disjoint; colour, shape and dire
   "there is a {colour} {shape} that travels {motion}"
 - unseen (val/test of `shift="text"` and `shift="visual_text"`):
   "watch the {colour} {shape} slide {motion}", "one {shape}, coloured {colour}, heads {motion}",
-  "in this clip a {colour} {shape} drifts {motion}", "we can see a {colour} {shape} shifting {motion}"
+  "in this clip a {colour} {shape} drifts {motion}", "we can see a {colour} {shape} shifting {motion}",
+  "here a {shape}, {colour} in colour, glides {motion}"
 
 Shifts (only val/test are shifted; train stays in distribution):
 - "none": plain dark backgrounds, seen templates.
@@ -38,6 +42,7 @@ import json
 import multiprocessing
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +79,7 @@ UNSEEN_TEMPLATES = (
     "one {shape}, coloured {colour}, heads {motion}",
     "in this clip a {colour} {shape} drifts {motion}",
     "we can see a {colour} {shape} shifting {motion}",
+    "here a {shape}, {colour} in colour, glides {motion}",
 )
 SHIFTS = ("none", "visual_text", "text")
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
@@ -94,14 +100,25 @@ def motion_phrase(motion: str, rng: np.random.Generator) -> str:
     return pick(DIRECTION_WORDS[motion])
 
 
-def make_caption(meaning: tuple[str, str, str], templates: tuple[str, ...], rng: np.random.Generator) -> str:
-    """One caption for (colour, shape, motion) from a random template and random synonyms."""
+def make_caption(meaning: tuple[str, str, str], templates: tuple[str, ...], rng: np.random.Generator,
+                 template: str | None = None) -> str:
+    """One caption for (colour, shape, motion) from `template` (default: a random one) and random synonyms."""
     colour, shape, motion = meaning
-    template = templates[rng.integers(len(templates))]
+    template = templates[rng.integers(len(templates))] if template is None else template
     words = COLOURS[colour][1]
     return template.format(colour=words[rng.integers(len(words))],
                            shape=SHAPES[shape][rng.integers(len(SHAPES[shape]))],
                            motion=motion_phrase(motion, rng))
+
+
+def eval_captions(meaning: tuple[str, str, str], templates: tuple[str, ...], count: int,
+                  rng: np.random.Generator) -> list[str]:
+    """`count` captions of one val/test video, each from a different template (drawn without replacement)."""
+    if not 1 <= count <= len(templates):
+        raise ValueError(f"captions_per_eval_video={count}: a val/test video takes each of its captions from a "
+                         f"different template, so use 1 to {len(templates)} (the number of templates)")
+    picks = rng.choice(len(templates), size=count, replace=False)
+    return [make_caption(meaning, templates, rng, template=templates[int(i)]) for i in picks]
 
 
 def shape_mask(shape: str, size: int) -> np.ndarray:
@@ -220,20 +237,40 @@ def _csv_text(header: list[str], rows: list[list]) -> str:
     return buffer.getvalue()
 
 
-def generate_synthetic(out_dir: Path, *, seed: int, num_train: int, num_val: int, num_test: int,
-                       captions_per_train_video: int, shift: str = "none", image_size: int = 64, fps: int = 8,
-                       workers: int = 1, progress: bool = True) -> dict:
-    """Write one synthetic benchmark to `out_dir` in the MSRVTT layout and return its counts."""
+@dataclass
+class SyntheticPlan:
+    """Everything of a synthetic benchmark but the pixels: annotations, meanings and the video jobs."""
+
+    sentences: list[dict]  # {video_id, caption, sen_id} of every split (MSRVTT_data.json)
+    videos: list[dict]  # {video_id, split} (split named as in the real file: train / validate / test)
+    meanings: dict[str, dict]  # video id -> {colour, shape, motion}
+    split_rows: dict[str, list[list]]  # "val"/"test" -> csv rows [key, vid_key, video_id, sentence], one per caption
+    jobs: list[tuple]  # (path, meaning, seed, textured, image_size, fps) per video, for `_write_videos`
+
+    def captions(self, split: str) -> list[str]:
+        """Every caption of "train", "val" or "test", in file order."""
+        if split != "train":
+            return [row[3] for row in self.split_rows[split]]
+        train = {v["video_id"] for v in self.videos if v["split"] == "train"}
+        return [s["caption"] for s in self.sentences if s["video_id"] in train]
+
+
+def plan_synthetic(out_dir: Path, *, seed: int, num_train: int, num_val: int, num_test: int,
+                   captions_per_train_video: int, captions_per_eval_video: int = 1, shift: str = "none",
+                   image_size: int = 64, fps: int = 8) -> SyntheticPlan:
+    """The annotations and video jobs `generate_synthetic` writes (cheap: no video is drawn)."""
     if shift not in SHIFTS:
         raise ValueError(f"unknown shift {shift!r}; choose one of {SHIFTS}")
     for name, n in {"num_val": num_val, "num_test": num_test}.items():
         if n > len(MEANINGS):
             raise ValueError(f"{name}={n} exceeds the {len(MEANINGS)} distinct caption meanings; "
                              "val/test meanings must be unique, so use at most that many videos")
-    started = time.perf_counter()
     out_dir = Path(out_dir)
-    (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     shifted_templates = UNSEEN_TEMPLATES if shift != "none" else SEEN_TEMPLATES
+    if (num_val or num_test) and not 1 <= captions_per_eval_video <= len(shifted_templates):
+        raise ValueError(f"captions_per_eval_video={captions_per_eval_video}: each caption of a val/test video comes "
+                         f"from a different template and shift={shift!r} has {len(shifted_templates)}; use 1 to "
+                         f"{len(shifted_templates)}")
 
     sentences, videos, meanings, jobs = [], [], {}, []
     split_rows: dict[str, list[list]] = {"val": [], "test": []}
@@ -252,16 +289,38 @@ def generate_synthetic(out_dir: Path, *, seed: int, num_train: int, num_val: int
             meanings[video_id] = dict(zip(("colour", "shape", "motion"), meaning))
             videos.append({"video_id": video_id, "split": {"val": "validate"}.get(split, split)})
             caption_rng = np.random.default_rng([seed, SPLIT_CODES[split], index, 0])
-            n_captions = captions_per_train_video if split == "train" else 1
-            for _ in range(n_captions):
-                caption = make_caption(meaning, templates, caption_rng)
+            if split == "train":
+                captions = [make_caption(meaning, templates, caption_rng) for _ in range(captions_per_train_video)]
+            else:
+                captions = eval_captions(meaning, templates, captions_per_eval_video, caption_rng)
+            for caption in captions:
                 sentences.append({"video_id": video_id, "caption": caption, "sen_id": len(sentences)})
-            if split != "train":
-                row = len(split_rows[split])
-                split_rows[split].append([f"ret{row}", f"msr{video_id[5:]}", video_id, sentences[-1]["caption"]])
+                if split != "train":
+                    row = len(split_rows[split])
+                    split_rows[split].append([f"ret{row}", f"msr{video_id[5:]}", video_id, caption])
             textured = shift == "visual_text" and split != "train"
             jobs.append((str(out_dir / "videos" / f"{video_id}.mp4"), meaning,
                          [seed, SPLIT_CODES[split], index, 1], textured, image_size, fps))
+    return SyntheticPlan(sentences, videos, meanings, split_rows, jobs)
+
+
+def generate_synthetic(out_dir: Path, *, seed: int, num_train: int, num_val: int, num_test: int,
+                       captions_per_train_video: int, captions_per_eval_video: int = 1, shift: str = "none",
+                       image_size: int = 64, fps: int = 8, workers: int = 1, progress: bool = True) -> dict:
+    """Write one synthetic benchmark to `out_dir` in the MSRVTT layout and return its counts.
+
+    Every val/test video gets `captions_per_eval_video` captions from distinct templates, one csv row each
+    (the MSRVTT reader groups rows by video: every caption a t2v query, multi-caption v2t).
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    plan = plan_synthetic(out_dir, seed=seed, num_train=num_train, num_val=num_val, num_test=num_test,
+                          captions_per_train_video=captions_per_train_video,
+                          captions_per_eval_video=captions_per_eval_video, shift=shift, image_size=image_size,
+                          fps=fps)
+    (out_dir / "videos").mkdir(parents=True, exist_ok=True)
+    sentences, videos, meanings, split_rows, jobs = (plan.sentences, plan.videos, plan.meanings, plan.split_rows,
+                                                     plan.jobs)
 
     chunks = [jobs[i:i + 64] for i in range(0, len(jobs), 64)]
     bar = tqdm(total=len(jobs), desc=f"synthetic ({shift})", unit="video", disable=not progress)
@@ -281,5 +340,6 @@ def generate_synthetic(out_dir: Path, *, seed: int, num_train: int, num_val: int
     _write_text(out_dir / "MSRVTT_data.json", json.dumps({"videos": videos, "sentences": sentences}))
     _write_text(out_dir / "meanings.json", json.dumps(meanings, indent=1))
     return {"train_videos": num_train, "val_videos": num_val, "test_videos": num_test,
-            "train_captions": num_train * captions_per_train_video, "shift": shift,
+            "train_captions": num_train * captions_per_train_video, "val_captions": len(split_rows["val"]),
+            "test_captions": len(split_rows["test"]), "shift": shift,
             "seconds": round(time.perf_counter() - started, 2)}

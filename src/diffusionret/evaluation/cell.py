@@ -64,6 +64,8 @@ class CellScores:
     caption_video: np.ndarray  # (Q,) gallery index of each test caption's video
     seeds: tuple[int, ...]  # DDIM seed of each draw
     ood: OodEvidence | None = None  # OOD-detection evidence, only when trained != evaluated
+    sentence: np.ndarray | None = None  # (Q, D) the test captions' sentence vectors (exact-tie counts)
+    captions: tuple[str, ...] = ()  # (Q,) the test captions' texts
 
     @property
     def num_videos(self) -> int:
@@ -180,4 +182,5 @@ def score_cell(extractor: FeatureExtractor, generator: Generator, diffusion: Gau
                       v2t_rerank=stack(v2t.reranked), bank_t2v=bank_t2v.stage1.numpy(),
                       bank_t2v_rerank=stack(bank_t2v.reranked), bank_v2t=bank_v2t.stage1.numpy(),
                       bank_v2t_rerank=stack(bank_v2t.reranked), bank_captions=bank_captions, bank_videos=bank_videos,
-                      caption_video=np.asarray(test.annotations.caption_video, dtype=np.int64), seeds=rerank.seeds)
+                      caption_video=np.asarray(test.annotations.caption_video, dtype=np.int64), seeds=rerank.seeds,
+                      sentence=test.text.sentence.numpy(), captions=tuple(test.annotations.captions))

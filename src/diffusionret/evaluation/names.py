@@ -12,6 +12,8 @@ MdR, MnR (and `<name>_std`, the sample std over DDIM draws, for re-ranked rows w
   <prefix>/<name>_delta[_ci_low|_ci_high]  a comparison row minus the stage-1 row of its direction, paired CI
   <prefix>/<name>_shift[_ci_low|_ci_high]  an OOD cell's row minus the in-distribution cell's
   ood_detect/<score>/<metric>       OOD query detection, t2v (ood_detect_v2t/... for v2t)
+  captions/test/...                 test captions max_words cuts (truncated, max_excess, mean_excess, longest)
+  ties/...                          exact ties between different captions' score rows / sentence vectors
 
 metrics.json holds every key (one file, all rows, so post-processed rows keep their suffix). An MLflow child run
 holds ONE post-processing, so its keys drop that suffix (`t2v_qbnorm/R1` is logged as `t2v/R1` in the qbnorm
@@ -32,7 +34,7 @@ REPORTED_KS = DEFAULT_KS  # R@1, R@5, R@10, R@50
 RANK_METRICS = tuple(f"R{k}" for k in REPORTED_KS) + ("MdR", "MnR")
 OOD_PREFIXES = {"t2v": "ood_detect", "v2t": "ood_detect_v2t"}  # metric prefix of each direction's detection
 OOD_SIDES = ("id", "ood")
-CELL_PREFIXES = ("chance", "protocol", "bootstrap")  # cell-wide keys, logged with the postprocess=none run
+CELL_PREFIXES = ("chance", "protocol", "bootstrap", "captions", "ties")  # cell-wide keys, logged with the postprocess=none run
 # the headline (the DVC metric): R@1/5/10, MdR, MnR of stage 1 and re-ranked, both directions, one small file per
 # row (eval/<A>__<B>/headline/<row>.json) so that `dvc metrics show` is a table of five columns that fits a terminal
 HEADLINE_METRICS = ("R1", "R5", "R10", "MdR", "MnR")

@@ -103,6 +103,14 @@ def load_tokenizer(source: str | Path):
     return tokenizer
 
 
+def token_lengths(tokenizer, captions: Sequence[str]) -> "np.ndarray":
+    """(N,) tokens per caption without bos/eos, i.e. before `tokenize` frames and cuts it."""
+    import numpy as np
+
+    return np.array([len(ids) for ids in tokenizer(list(captions), add_special_tokens=False)["input_ids"]],
+                    dtype=np.int64)
+
+
 def tokenize(tokenizer, captions: Sequence[str], max_words: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Ids (N, L) = [bos] + up to L-2 tokens + [eos] + pad, and the 0/1 attention mask (N, L); L = max_words."""
     if max_words < 3:

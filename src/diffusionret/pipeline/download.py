@@ -82,6 +82,7 @@ def generate_synthetic_once(settings: BenchmarkParams, raw_dir: Path, *, workers
     counts = generate_synthetic(
         raw_dir, seed=synthetic.seed, num_train=synthetic.num_train, num_val=synthetic.num_val,
         num_test=synthetic.num_test, captions_per_train_video=synthetic.captions_per_train_video,
+        captions_per_eval_video=synthetic.captions_per_eval_video,
         shift=synthetic.shift, image_size=synthetic.image_size, fps=synthetic.fps, workers=workers,
         progress=progress,
     )

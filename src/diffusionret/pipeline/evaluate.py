@@ -7,7 +7,10 @@ stage 1 and re-ranked, both directions; one small file per row keeps `dvc metric
 matrices: every post-processed row can be recomputed from them; OOD per-query scores
 `ood__<direction>__<id|ood>__<score>`, `ood__t2v__id_correct`), ranks.npz (per-query ranks of every row and
 draw, from which every CI and difference can be recomputed), curves.npz (R@K for every K, per row and draw,
-for the report's plots), cell.json (what was evaluated, how, and the MLflow run ids).
+for the report's plots), cell.json (what was evaluated, how, and the MLflow run ids). metrics.json also holds
+`captions/test/{truncated,max_excess,mean_excess,longest,...}` (test captions max_words cut under the model's
+tokenizer, counted by extract) and `ties/...` (exact ties between different captions' score rows and sentence
+vectors, evaluation/ties.py).
 
 MLflow: one child run per (cell, postprocess) under A's stage-1 run, named `→ <B> · <postprocess>` (led by the DVC
 experiment's name during `dvc exp run`) and tagged eval_benchmark, ood, postprocess (none | qbnorm | dsl),
@@ -28,6 +31,7 @@ import numpy as np
 
 from diffusionret import tracking
 from diffusionret.config import Params, flatten
+from diffusionret.data.truncation import flat_truncation
 from diffusionret.evaluation.cell import CellScores, check_selection, draw_seeds, score_cell
 from diffusionret.evaluation.metrics import DEFAULT_TIES
 from diffusionret.evaluation.names import POSTPROCESSES, run_metric_name
@@ -35,6 +39,7 @@ from diffusionret.evaluation.rows import (cell_rows, faithful_v2t_defined, headl
                                          metrics_of_postprocess, ood_metrics, shift_metrics)
 from diffusionret.evaluation.uncertainty import Bootstrap
 from diffusionret.evaluation.scoring import RerankSettings
+from diffusionret.evaluation.ties import cell_ties
 from diffusionret.features.cache import load_split_features
 from diffusionret.method.diffusion import create_diffusion
 from diffusionret.model.checkpoint import load_extractor, load_generator, read_metadata
@@ -178,6 +183,15 @@ def log_runs(trained: str, evaluated: str, cell: CellScores, metrics: dict[str, 
     return {"mlflow_parent": nest_under, "mlflow_runs": run_ids}
 
 
+def truncation_of_test_split(features_dir: Path) -> dict[str, float]:
+    """`captions/test/...`: the test captions max_words cut under the model's tokenizer (extract's info.json);
+    empty for a feature cache written before extract counted them."""
+    info_path = features_dir / "info.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    return flat_truncation({"test": info["truncation"]["test"]} if "test" in info.get("truncation", {}) else {},
+                           "captions")
+
+
 def evaluate_cell(trained: str, evaluated: str, params: Params, paths: Paths, repo_root: Path) -> dict:
     """Score, write headline/*.json, metrics.json, scores.npz, curves.npz, cell.json, and log to MLflow."""
     settings = params.eval
@@ -186,6 +200,8 @@ def evaluate_cell(trained: str, evaluated: str, params: Params, paths: Paths, re
     metrics, curves, ranks = cell_rows(cell, params.postprocess, chunk_size=settings.chunk_size,
                                        faithful_msvd_grouping=settings.faithful_msvd_grouping, bootstrap=boot)
     metrics["protocol/selected_on_test"] = float(settings.selection == "test")
+    metrics.update(cell_ties(cell.stage1, cell.sentence, cell.captions))
+    metrics.update(truncation_of_test_split(paths.features(trained, evaluated)))
     ood_stored: dict[str, np.ndarray] = {}
     if cell.ood is not None:
         found, ood_stored = ood_metrics(cell.ood)

@@ -11,6 +11,11 @@ unless `data.allow_missing` is true, in which case they are dropped too. Wheneve
 counts are written to `<frames>/data_report.json` and logged to MLflow (run `preprocess` of the benchmark's
 experiment).
 
+Caption length: `<frames>/truncation.json` holds, per split, how many captions `max_words` would cut and by how many
+tokens (data/truncation.py). No tokenizer exists before stage 1, so this is the lower bound of word pieces (a
+caption cut here is cut by any tokenizer); `extract` counts with the real tokenizer. A cut caption is logged to
+MLflow with the dropped videos (`captions/<split>/truncated`, `.../max_excess`, `.../mean_excess`).
+
 Paper mode (`eval.selection: test`, the official protocol: checkpoints are chosen on the test split) carves
 no validation split out of train: a benchmark whose `splits.val` is "" (MSRVTT, ActivityNet) then trains on
 its whole training split (MSRVTT-9k: all 9,000 videos) and has no val split.
@@ -19,7 +24,10 @@ its whole training split (MSRVTT-9k: all 9,000 videos) and has no val split.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from diffusionret import tracking
 from diffusionret.config import BenchmarkParams, Params, PreprocessParams
@@ -27,6 +35,7 @@ from diffusionret.data.check import check_benchmark, drop_videos, enforce_comple
 from diffusionret.data.frames import build_frame_cache
 from diffusionret.data.records import SplitAnnotations, save_annotations
 from diffusionret.data.sources import SOURCES
+from diffusionret.data.truncation import LOWER_BOUND, flat_truncation, split_truncation, word_piece_lengths
 from diffusionret.data.videos import VIDEO_EXTENSIONS, index_video_files
 from diffusionret.pipeline.download import benchmark_raw_dir, manifest_path, read_manifest
 from diffusionret.pipeline.paths import Paths
@@ -34,6 +43,7 @@ from diffusionret.pipeline.paths import Paths
 SPLITS = ("train", "val", "test")
 MISSING_FILE = "missing_videos.txt"
 REPORT_FILE = "data_report.json"
+TRUNCATION_FILE = "truncation.json"
 
 
 class PreprocessFailed(RuntimeError):
@@ -113,8 +123,11 @@ def preprocess_benchmark(name: str, settings: BenchmarkParams, preprocess: Prepr
     if "val" not in splits:  # paper mode carves none: a val file of an earlier run must not linger (only now,
         paths.annotations(name, "val").unlink(missing_ok=True)  # once the new cache is complete)
     counts = {split: {"videos": a.num_videos, "captions": a.num_captions} for split, a in splits.items()}
+    truncation = split_truncation({split: a.captions for split, a in splits.items()}, settings.max_words)
+    (out_dir / TRUNCATION_FILE).write_text(json.dumps({"counted_with": LOWER_BOUND, "splits": truncation},
+                                                      indent=1) + "\n")
     report = {"splits": counts, "missing_videos": len(check.missing_ids), "undecodable_videos": len(failed),
-              "annotated": check.counts()}
+              "annotated": check.counts(), "truncation": truncation}
     if report["missing_videos"] or report["undecodable_videos"]:
         (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")
     return {**report, **{key: value for key, value in summary.items() if key != "failures"}}
@@ -132,32 +145,41 @@ def log_dropped_videos(name: str, report: dict, params: Params, repo_root: Path,
         for split, count in report["splits"].items():
             metrics[f"data/{split}_videos"] = count["videos"]
             metrics[f"data/{split}_captions"] = count["captions"]
+        metrics.update(flat_truncation(report.get("truncation", {}), "captions"))
         tracking.log_metrics(metrics)
         tracking.log_artifacts([f for f in files if f.is_file()], artifact_path="data")
         return run.info.run_id
 
 
 def run_preprocess(name: str, params: Params, paths: Paths, repo_root: Path, *, progress: bool = True) -> dict:
-    """The stage: `preprocess_benchmark`, then the MLflow record when videos were skipped."""
+    """The stage: `preprocess_benchmark`, then the MLflow record when videos were skipped or captions are cut."""
     summary = preprocess_benchmark(name, params.benchmark(name), params.preprocess, paths, progress=progress,
                                    selection=params.eval.selection)
-    if summary["missing_videos"] or summary["undecodable_videos"]:
+    cut = any(split["truncated"] for split in summary["truncation"].values())
+    if summary["missing_videos"] or summary["undecodable_videos"] or cut:
         out_dir = paths.frames(name)
         summary["mlflow_run"] = log_dropped_videos(
             name, summary, params, repo_root, [out_dir / MISSING_FILE, out_dir / "failures.json",
-                                               out_dir / REPORT_FILE])
+                                               out_dir / REPORT_FILE, out_dir / TRUNCATION_FILE])
     return summary
 
 
-def check_benchmark_files(name: str, settings: BenchmarkParams, raw_dir: Path) -> dict:
-    """What `diffusionret data check` reports: per-split counts (videos, captions, missing) of a folder, no decoding."""
+def check_benchmark_files(name: str, settings: BenchmarkParams, raw_dir: Path,
+                          token_counts: dict[str, Callable[[Sequence[str]], np.ndarray]] | None = None) -> dict:
+    """What `diffusionret data check` reports: per-split counts (videos, captions, missing) of a folder, no decoding,
+    and the captions max_words cuts (`truncation`): the word-piece lower bound, and one exact count per entry of
+    `token_counts` (name -> token lengths of a list of captions, e.g. a stage-1 tokenizer's)."""
     extensions = SOURCES[settings.source].videos.extensions if settings.source in SOURCES else VIDEO_EXTENSIONS
     index = index_video_files(raw_dir, extensions) if Path(raw_dir).is_dir() else {}
     check = check_benchmark(raw_dir, benchmark=name, reader=settings.reader, splits=settings.splits,
                             val_videos_from_train=settings.val_videos_from_train, index=index,
                             id_prefix=id_prefix_of(settings), keep_going=True)
     shared = check.shared
+    captions_of = {split: a.captions for split, a in check.splits.items()}
     return {"benchmark": name, "root": str(raw_dir), "video_files": len(index), "splits": check.counts(),
+            "truncation": {counted_with: split_truncation(captions_of, settings.max_words, lengths)
+                           for counted_with, lengths in {LOWER_BOUND: word_piece_lengths,
+                                                         **(token_counts or {})}.items()},
             "missing_videos": len(check.missing_ids), "missing": check.missing_ids,
             "shared_videos": shared, "train_test_overlap": bool(shared.get("train-test")),
             "complete": not check.missing_ids and not check.errors and not shared.get("train-test")}

@@ -151,6 +151,23 @@ def cell_caption(result: CellResult) -> str:
     return "_" + "; ".join(parts) + "._"
 
 
+def cell_text_note(result: CellResult) -> str:
+    """One line under a cell's table: test captions max_words cut (exact, model's tokenizer) and exact ties."""
+    m, parts = result.metrics, []
+    if "captions/test/truncated" in m:
+        cut = int(m["captions/test/truncated"])
+        parts.append(f"{cut} of {int(m['captions/test/captions'])} test captions cut at max_words "
+                     f"{int(m['captions/test/max_words'])}" + (f" (up to {int(m['captions/test/max_excess'])}, mean "
+                     f"{m['captions/test/mean_excess']:.1f} tokens lost)" if cut else "") +
+                     f"; longest {int(m['captions/test/longest'])} tokens with bos/eos")
+    for what, label in (("score_rows", "stage-1 score row"), ("sentence", "sentence vector")):
+        if f"ties/{what}/tied_captions" in m:
+            tied = int(m[f"ties/{what}/tied_captions"])
+            parts.append(f"{tied} captions share their {label} with a different caption" +
+                         (f" (largest group {int(m[f'ties/{what}/largest_group'])})" if tied else ""))
+    return "_Captions: " + "; ".join(parts) + "._" if parts else ""
+
+
 def ood_grid(results: list[CellResult], trained: list[str], evaluated: list[str], suffix: str) -> str:
     """Train x eval grid of t2v R@1 for one row (suffix ''=stage 1, '_rerank'), chance in the last row."""
     by_cell = {(r.trained, r.evaluated): r for r in results}
@@ -275,6 +292,7 @@ def results_markdown(results: list[CellResult], trained: list[str], evaluated: l
         if result.ood:
             continue
         lines += [f"### {result.evaluated}", "", cell_table(result), "", cell_caption(result), ""]
+        lines += [cell_text_note(result), ""] if cell_text_note(result) else []
         lines += difference_section(result, "_delta")
         lines += [f"![{path}]({path})" for path in figures.get(f"{result.trained}__{result.evaluated}", [])] + [""]
     lines += ["## Out-of-distribution", "",
@@ -288,6 +306,7 @@ def results_markdown(results: list[CellResult], trained: list[str], evaluated: l
             continue
         lines += [f"### {result.trained} → {result.evaluated}", "", cell_table(result), "",
                   cell_caption(result), ""]
+        lines += [cell_text_note(result), ""] if cell_text_note(result) else []
         lines += difference_section(result, "_delta") + difference_section(result, "_shift")
         lines += [f"![{path}]({path})" for path in figures.get(f"{result.trained}__{result.evaluated}", [])] + [""]
     lines += ["## Training curves", ""]
