@@ -154,7 +154,8 @@ boot = bootstrap_settings(params)
 metrics, _, ranks = cell_rows(cell, params.postprocess, chunk_size=params.eval.chunk_size,
                               faithful_msvd_grouping=params.eval.faithful_msvd_grouping, bootstrap=boot)
 metrics.update(ood_metrics(cell.ood)[0])
-metrics.update(shift_metrics(ranks, id_ranks(cell.ood, params.eval.chunk_size), cell.ood.same_queries, boot))
+metrics.update(shift_metrics(ranks, id_ranks(cell.ood, params.eval.chunk_size), cell.ood.same_queries, boot,
+                             cell.caption_video, cell.ood.id_caption_video))
 metrics.update(cell_ties(cell.stage1, cell.sentence, cell.captions))
 metrics.update(truncation_of_test_split(paths.features('synthetic', 'synthetic-shift')))
 print(json.dumps(metrics))

@@ -15,6 +15,7 @@ from diffusionret.evaluation.metrics import recall_metrics
 from diffusionret.evaluation.uncertainty import resample_indices
 
 from test_pipeline_e2e import copy_repository, run
+from test_uncertainty import cluster_resamples
 
 pytestmark = pytest.mark.slow
 SEEDS = (3, 5)
@@ -79,7 +80,9 @@ def test_table_matches_a_recomputation_from_the_saved_ranks(study):
         assert stat["mean"] == pytest.approx(np.mean(deltas)) and stat["values"] == pytest.approx(deltas)
         pooled = np.zeros(boot["resamples"])
         for stratum, r in enumerate(ranks):
-            indices = resample_indices(r[base].shape[1], boot["resamples"], boot["seed"] + stratum)
+            indices = (cluster_resamples(r["caption_video"], boot["resamples"], boot["seed"] + stratum)
+                       if base == "t2v" else resample_indices(r[base].shape[1], boot["resamples"],
+                                                              boot["seed"] + stratum))
             pooled += np.array([loop_value(r[prefix][:, i], name) - loop_value(r[base][:, i], name)
                                 for i in indices]) / len(ranks)
         low, high = np.quantile(pooled, [(1 - boot["level"]) / 2, (1 + boot["level"]) / 2])

@@ -31,6 +31,15 @@ def loop_interval(values, level):
     return tuple(np.quantile(values, [(1 - level) / 2, (1 + level) / 2]))
 
 
+def cluster_resamples(clusters, resamples, seed):
+    """Query indices of each resample of a cluster bootstrap, by hand: the clusters drawn (as indices into the
+    sorted distinct cluster labels), each contributing all of its queries."""
+    labels = sorted(set(int(c) for c in clusters))
+    members = {label: [q for q, c in enumerate(clusters) if c == label] for label in labels}
+    return [np.array([q for c in row for q in members[labels[c]]])
+            for row in resample_indices(len(labels), resamples, seed)]
+
+
 def loop_ci(ranks, boot, name, indices=None):
     ranks = np.atleast_2d(ranks)
     indices = resample_indices(ranks.shape[1], boot.resamples, boot.seed) if indices is None else indices
@@ -118,17 +127,22 @@ def test_cell_rows_give_every_row_a_ci_and_every_comparison_a_paired_delta(capti
     metrics, _, ranks = cell_rows(cell, POST, chunk_size=3, faithful_msvd_grouping=False, bootstrap=BOOT)
     num_videos = max(caption_video) + 1
     for direction in DIRECTIONS:
-        units = len(caption_video) if direction == "t2v" else num_videos  # caption or video is the unit
+        units = len(caption_video) if direction == "t2v" else num_videos  # caption or video is the query
+        # t2v resamples videos with all their captions (cluster bootstrap); v2t resamples videos
+        clusters = np.array(caption_video) if direction == "t2v" else None
+        indices = (cluster_resamples(caption_video, BOOT.resamples, BOOT.seed) if direction == "t2v"
+                   else resample_indices(num_videos, BOOT.resamples, BOOT.seed))
         for suffix, (_, reranked) in ROWS.items():
             prefix = direction + suffix
             assert ranks[prefix].shape == ((2 if reranked else 1), units)
             for name in NAMES:
-                assert metrics[f"{prefix}/{name}_ci_low"] == pytest.approx(loop_ci(ranks[prefix], BOOT, name)[0])
+                assert metrics[f"{prefix}/{name}_ci_low"] == pytest.approx(
+                    loop_ci(ranks[prefix], BOOT, name, indices)[0])
                 if suffix:
                     assert metrics[f"{prefix}/{name}_delta"] == pytest.approx(
                         metrics[f"{prefix}/{name}"] - metrics[f"{direction}/{name}"])
                     assert metrics[f"{prefix}/{name}_delta_ci_low"] <= metrics[f"{prefix}/{name}_delta_ci_high"]
-                    separate = paired_difference(ranks[prefix], ranks[direction], BOOT)
+                    separate = paired_difference(ranks[prefix], ranks[direction], BOOT, clusters=clusters)
                     assert metrics[f"{prefix}/{name}_delta_ci_high"] == separate[f"{name}_delta_ci_high"]
                 else:
                     assert f"{prefix}/{name}_delta" not in metrics
@@ -145,7 +159,7 @@ def test_saved_ranks_round_trip_and_reproduce_the_intervals(tmp_path):
         np.testing.assert_array_equal(loaded[prefix], value)
     # recompute a CI and a paired delta CI from the file alone, with loops
     row, base = loaded["t2v_rerank"], loaded["t2v"]
-    indices = resample_indices(base.shape[1], BOOT.resamples, BOOT.seed)
+    indices = cluster_resamples(loaded["caption_video"], BOOT.resamples, BOOT.seed)  # videos with their captions
     assert metrics["t2v_rerank/MdR_ci_high"] == pytest.approx(loop_ci(row, BOOT, "MdR", indices)[1])
     diffs = [loop_statistic(row, i, "R1") - loop_statistic(base, i, "R1") for i in indices]
     assert metrics["t2v_rerank/R1_delta_ci_low"] == pytest.approx(loop_interval(diffs, BOOT.level)[0])
@@ -156,8 +170,9 @@ def test_shift_metrics_label_paired_and_unpaired():
     ood = {"t2v": random_ranks(1, 12), "t2v_rerank": random_ranks(2, 12), "v2t": random_ranks(1, 6),
            "v2t_rerank": random_ranks(2, 6)}
     ind = {key: value[:, ::-1].copy() for key, value in ood.items()}
-    paired = shift_metrics(ood, ind, {"t2v": True, "v2t": True}, BOOT)
-    unpaired = shift_metrics(ood, ind, {"t2v": False, "v2t": False}, BOOT)
+    one_each = np.arange(12)  # one caption per video: the cluster bootstrap is the plain one
+    paired = shift_metrics(ood, ind, {"t2v": True, "v2t": True}, BOOT, one_each, one_each)
+    unpaired = shift_metrics(ood, ind, {"t2v": False, "v2t": False}, BOOT, one_each, one_each)
     assert paired["bootstrap/shift_paired_t2v"] == 1.0 and unpaired["bootstrap/shift_paired_t2v"] == 0.0
     assert paired["t2v/R1_shift"] == pytest.approx(unpaired["t2v/R1_shift"])
     expected = paired_difference(ood["v2t_rerank"], ind["v2t_rerank"], BOOT)["MnR_delta_ci_low"]
@@ -175,3 +190,20 @@ def test_interval_is_the_percentile_interval():
 def test_bad_bootstrap_params_are_rejected(field, value):
     with pytest.raises(ValueError, match=field):
         EvalParams(**{field: value}).validate("eval")
+
+
+def test_cluster_bootstrap_is_wider_than_the_query_bootstrap_when_captions_of_a_video_agree():
+    """Five captions per video whose hits agree within a video: resampling captions alone would treat 5 x V
+    correlated queries as independent; resampling videos gives the interval of V independent items."""
+    rng = np.random.default_rng(0)
+    video_hit = rng.random(200) < 0.3  # (V,) each video found by all or none of its captions
+    caption_video = np.repeat(np.arange(200), 5)
+    ranks = np.where(video_hit[caption_video], 0, 10)[None]  # (1, 1000)
+    boot = Bootstrap(resamples=2000, seed=0, level=0.95)
+    by_query = row_intervals(ranks, boot)
+    by_video = row_intervals(ranks, boot, clusters=caption_video)
+    width = lambda found: found["R1_ci_high"] - found["R1_ci_low"]
+    p = video_hit.mean()
+    normal = 2 * 1.96 * 100 * np.sqrt(p * (1 - p) / 200)  # V = 200 independent items
+    assert width(by_video) == pytest.approx(normal, rel=0.12)
+    assert width(by_query) == pytest.approx(normal / np.sqrt(5), rel=0.12)

@@ -146,7 +146,7 @@ def cell_rows(cell: CellScores, post: PostprocessParams, *, chunk_size: int, fai
             ranks[prefix + FAITHFUL_SUFFIX] = np.stack(faithful)
     metrics.update({f"chance/{name}": value for name, value in chance_metrics(cell.num_videos).items()})
     if bootstrap is not None:
-        metrics.update(uncertainty_metrics(ranks, bootstrap))
+        metrics.update(uncertainty_metrics(ranks, bootstrap, cell.caption_video))
     return metrics, curves, ranks
 
 
@@ -155,12 +155,20 @@ def baseline_prefix(prefix: str) -> str:
     return prefix[:3] + (FAITHFUL_SUFFIX if prefix.endswith(FAITHFUL_SUFFIX) else "")
 
 
-def uncertainty_metrics(ranks: dict[str, np.ndarray], bootstrap: Bootstrap) -> dict[str, float]:
-    """Every row's CIs and every comparison row's paired delta to its stage-1 row, plus `bootstrap/...` settings."""
+def query_clusters(prefix: str, caption_video: np.ndarray) -> np.ndarray | None:
+    """What a bootstrap resamples whole for a row: t2v captions by their video (`uncertainty`), v2t videos alone."""
+    return np.asarray(caption_video) if prefix.startswith("t2v") else None
+
+
+def uncertainty_metrics(ranks: dict[str, np.ndarray], bootstrap: Bootstrap, caption_video: np.ndarray
+                        ) -> dict[str, float]:
+    """Every row's CIs and every comparison row's paired delta to its stage-1 row, plus `bootstrap/...` settings;
+    t2v rows resample videos with all their captions (a cluster bootstrap), v2t rows videos."""
     out = {"bootstrap/resamples": float(bootstrap.resamples), "bootstrap/seed": float(bootstrap.seed),
-           "bootstrap/level": float(bootstrap.level)}
+           "bootstrap/level": float(bootstrap.level), "bootstrap/clustered_by_video": 1.0}
     baselines = {prefix: baseline_prefix(prefix) for prefix in ranks if baseline_prefix(prefix) != prefix}
-    for prefix, found in compare_rows(ranks, baselines, bootstrap).items():
+    clusters = {prefix: found for prefix in ranks if (found := query_clusters(prefix, caption_video)) is not None}
+    for prefix, found in compare_rows(ranks, baselines, bootstrap, clusters=clusters).items():
         out.update({f"{prefix}/{name}": value for name, value in found.items()})
     return out
 
@@ -178,7 +186,8 @@ def id_ranks(ood: OodEvidence, chunk_size: int) -> dict[str, np.ndarray]:
 
 
 def shift_metrics(ranks: dict[str, np.ndarray], in_dist: dict[str, np.ndarray], same_queries: dict[str, bool],
-                  bootstrap: Bootstrap) -> dict[str, float]:
+                  bootstrap: Bootstrap, caption_video: np.ndarray, id_caption_video: np.ndarray
+                  ) -> dict[str, float]:
     """An OOD cell's stage-1 and re-ranked rows minus the in-distribution cell's same rows: `<prefix>/<name>_shift`
     with its CI, paired when both cells' queries of a direction are the same items (`bootstrap/shift_paired_<dir>`
     = 1), else an independent two-sample bootstrap (= 0)."""
@@ -187,11 +196,13 @@ def shift_metrics(ranks: dict[str, np.ndarray], in_dist: dict[str, np.ndarray], 
         paired = same_queries[direction]
         out[f"bootstrap/shift_paired_{direction}"] = float(paired)
         for prefix in (direction, direction + "_rerank"):
+            clusters = query_clusters(prefix, caption_video)
             if paired:
-                found = {name.replace(DELTA, SHIFT): value
-                         for name, value in paired_difference(ranks[prefix], in_dist[prefix], bootstrap).items()}
+                found = {name.replace(DELTA, SHIFT): value for name, value in paired_difference(
+                    ranks[prefix], in_dist[prefix], bootstrap, clusters=clusters).items()}
             else:
-                found = unpaired_difference(ranks[prefix], in_dist[prefix], bootstrap)
+                found = unpaired_difference(ranks[prefix], in_dist[prefix], bootstrap, clusters=clusters,
+                                            baseline_clusters=query_clusters(prefix, id_caption_video))
             out.update({f"{prefix}/{name}": value for name, value in found.items()})
     return out
 

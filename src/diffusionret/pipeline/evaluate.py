@@ -207,7 +207,8 @@ def evaluate_cell(trained: str, evaluated: str, params: Params, paths: Paths, re
         found, ood_stored = ood_metrics(cell.ood)
         metrics.update(found)
         in_dist = id_ranks(cell.ood, settings.chunk_size)
-        metrics.update(shift_metrics(ranks, in_dist, cell.ood.same_queries, boot))
+        metrics.update(shift_metrics(ranks, in_dist, cell.ood.same_queries, boot, cell.caption_video,
+                                     cell.ood.id_caption_video))
         ranks.update({f"{ID_RANKS}{prefix}": value for prefix, value in in_dist.items()})
     out_dir = paths.evaluation(trained, evaluated)
     out_dir.mkdir(parents=True, exist_ok=True)

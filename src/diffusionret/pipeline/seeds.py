@@ -27,6 +27,7 @@ import numpy as np
 
 from diffusionret.config import Params, load_params
 from diffusionret.evaluation.names import DIRECTIONS, HEADLINE_METRICS, ROWS, headline_keys
+from diffusionret.evaluation.rows import query_clusters
 from diffusionret.evaluation.uncertainty import (CI_HIGH, CI_LOW, DELTA, Bootstrap, metric_names,
                                                  stratified_paired_difference)
 from diffusionret.pipeline.paths import Paths
@@ -139,8 +140,9 @@ def summarise(runs: dict[int, dict[str, dict]], boot: Bootstrap) -> dict:
                 prefix = direction + suffix
                 if not all(prefix in run["ranks"] for run in per_seed):
                     continue
-                pooled = stratified_paired_difference([run["ranks"][prefix] for run in per_seed],
-                                                      [run["ranks"][direction] for run in per_seed], boot)
+                pooled = stratified_paired_difference(
+                    [run["ranks"][prefix] for run in per_seed], [run["ranks"][direction] for run in per_seed], boot,
+                    clusters=[query_clusters(prefix, run["ranks"]["caption_video"]) for run in per_seed])
                 for name in metric_names():
                     if name not in HEADLINE_METRICS:
                         continue
