@@ -98,7 +98,7 @@ def test_metrics_written_for_every_cell_of_the_ood_grid(pipeline):
         info = json.loads((work / "eval" / cell / "cell.json").read_text())
         assert info["ood"] == (cell != "synthetic__synthetic") and info["bank"]["source"] == "synthetic/train"
         with np.load(work / "eval" / cell / "ranks.npz") as ranks:  # per-query ranks of every row and draw
-            assert ranks["t2v"].shape == (1, 32) and ranks["v2t_rerank_qbnorm"].shape == (2, 32)
+            assert ranks["t2v"].shape == (1, QUERIES) and ranks["v2t_rerank_qbnorm"].shape == (2, 32)
             assert ("id__t2v_rerank" in ranks.files) == (cell != "synthetic__synthetic")
         for prefix in (direction + suffix for direction in ("t2v", "v2t") for suffix in ROW_SUFFIXES):
             assert metrics[f"{prefix}/R1_ci_low"] <= metrics[f"{prefix}/R1"] <= metrics[f"{prefix}/R1_ci_high"]
@@ -239,8 +239,12 @@ def test_mlflow_holds_runs_with_loss_curves_and_eval_children(pipeline):
         metrics = json.loads((work / "eval" / f"synthetic__{bench}" / "metrics.json").read_text())
         assert found.info.run_name == f"→ {bench} · {post}"
         for name, value in found.data.metrics.items():  # metrics.json's values, the post-processing suffix dropped
+            if name.startswith("diagnostics/"):  # the diagnose stage's, logged to the cell's postprocess=none run
+                assert post == "none"
+                continue
             assert metrics[file_metric_key(name, post)] == pytest.approx(value), name
     assert "t2v/R1" in cells[("synthetic", "none")].data.metrics
+    assert "diagnostics/t2v/top1_colour" in cells[("synthetic", "none")].data.metrics  # the diagnose stage's
     assert "v2t_rerank/R1_std" in cells[("synthetic-shift", "qbnorm")].data.metrics
     assert "t2v/MnR" in cells[("synthetic", "dsl")].data.metrics
     names = {post: set(cells[("synthetic", post)].data.metrics) for post in ("none", "qbnorm", "dsl")}
@@ -326,9 +330,10 @@ def test_changing_a_postprocess_param_reruns_only_evaluation(pipeline):
         status = json.loads(run(["dvc", "status", "--json"], work, env).stdout)
     finally:
         params_path.write_text(original)
+    cells = ("synthetic-synthetic", "synthetic-synthetic-shift", "synthetic-synthetic-textshift")
+    # evaluation and the diagnostics that re-run its re-ranking; nothing trained again
     assert {name for name in status if not name.startswith("download")} == {
-        "evaluate@synthetic-synthetic", "evaluate@synthetic-synthetic-shift", "evaluate@synthetic-synthetic-textshift"
-    }, status
+        f"{stage}@{cell}" for stage in ("evaluate", "diagnose") for cell in cells}, status
 
 
 def test_second_repro_reruns_only_the_download_check(pipeline):
