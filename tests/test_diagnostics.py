@@ -238,3 +238,18 @@ def test_cli_diagnose_skips_a_real_benchmark(tmp_path, capsys):
     assert (tmp_path / "eval" / "synthetic__msvd" / "diagnostics.json").is_file()
     assert main(["diagnose", "--trained", "synthetic", "--evaluated", "nope", "--params",
                  str(tmp_path / "params.yaml")]) == 2  # an unknown benchmark: a clear error, no traceback
+
+
+def test_generator_minus_stage1_is_a_paired_difference_of_top1_hits_by_hand():
+    from diffusionret.diagnostics.generator_rank import generator_minus_stage1
+    from diffusionret.evaluation.uncertainty import Bootstrap, resample_indices
+
+    generator = np.array([1, 2, 1, 0, 1, 3])  # 1-based ranks in the top-k, 0 = not in the list
+    stage1 = np.array([2, 1, 1, 0, 3, 1])
+    boot = Bootstrap(resamples=500, seed=4, level=0.9)
+    found = generator_minus_stage1([(generator, stage1)], boot, clusters=None)
+    hits_g, hits_s = (generator == 1).astype(float), (stage1 == 1).astype(float)
+    assert found["R1_delta"] == pytest.approx(100 * (hits_g.mean() - hits_s.mean()))
+    diffs = [100 * (hits_g[rows].mean() - hits_s[rows].mean()) for rows in resample_indices(6, 500, 4)]
+    assert (found["R1_delta_ci_low"], found["R1_delta_ci_high"]) == pytest.approx(
+        tuple(np.quantile(diffs, [0.05, 0.95])))

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from diffusionret.diagnostics.ranking import best_positive_rank, descending_order
+from diffusionret.evaluation.uncertainty import Bootstrap, paired_difference
 
 
 def rank_summary(ranks: np.ndarray, prefix: str) -> dict:
@@ -22,7 +23,7 @@ def rank_summary(ranks: np.ndarray, prefix: str) -> dict:
 
 
 def generator_vs_stage1(probabilities: np.ndarray, stage1_topk: np.ndarray, positives_topk: np.ndarray,
-                        rng: np.random.Generator) -> dict:
+                        rng: np.random.Generator, ranks: list | None = None) -> dict:
     """Generator-only and stage-1 rankings of the same top-k lists.
 
     probabilities: (Q, k) p of each query's top-k; stage1_topk: (Q, k) stage-1 scores of the same candidates;
@@ -33,6 +34,8 @@ def generator_vs_stage1(probabilities: np.ndarray, stage1_topk: np.ndarray, posi
     probabilities = np.asarray(probabilities, dtype=np.float64)
     generator = best_positive_rank(descending_order(probabilities, rng), positives_topk)  # (Q,)
     stage1 = best_positive_rank(descending_order(stage1_topk, rng), positives_topk)
+    if ranks is not None:  # the caller's (generator, stage-1) 1-based ranks per query (0: no true candidate)
+        ranks.append((generator, stage1))
     top = probabilities.max(axis=1, keepdims=True)
     entropy = -(probabilities * np.log(np.clip(probabilities, 1e-30, None))).sum(axis=1)
     return {**rank_summary(generator, "generator"), **rank_summary(stage1, "stage1"),
@@ -51,3 +54,18 @@ def mean_over_draws(per_draw: list[dict]) -> dict:
         if len(per_draw) > 1:
             out[f"{key}_min"], out[f"{key}_max"] = float(values.min()), float(values.max())
     return out
+
+
+def generator_minus_stage1(ranks: list[tuple[np.ndarray, np.ndarray]], boot: Bootstrap,
+                           clusters: np.ndarray | None) -> dict:
+    """Generator-only minus stage-1 R@1 within the same top-k lists with its paired bootstrap CI (`uncertainty`,
+    the same resampled queries for both; t2v resamples videos with all their captions): `R1_delta`,
+    `R1_delta_ci_low`, `R1_delta_ci_high`. ranks: per draw, (generator, stage-1) 1-based ranks (Q,), 0 = the true
+    item is not in the top-k (a miss for both)."""
+    def zero_based(found: np.ndarray) -> np.ndarray:
+        return np.where(found > 0, found - 1, np.iinfo(np.int32).max).astype(np.float64)
+
+    generator = np.stack([zero_based(g) for g, _ in ranks])  # (draws, Q)
+    stage1 = np.stack([zero_based(s) for _, s in ranks])  # (draws, Q): stage-1 ties broken anew per draw
+    found = paired_difference(generator, stage1, boot, ks=(1,), clusters=clusters)
+    return {key: value for key, value in found.items() if key.startswith("R1_")}

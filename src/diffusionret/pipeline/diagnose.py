@@ -31,13 +31,14 @@ from diffusionret import tracking
 from diffusionret.config import Params
 from diffusionret.data.frames import load_frame_cache
 from diffusionret.diagnostics.attributes import top1_attribute_accuracy, topk_composition
-from diffusionret.diagnostics.generator_rank import generator_vs_stage1, mean_over_draws
+from diffusionret.diagnostics.generator_rank import generator_minus_stage1, generator_vs_stage1, mean_over_draws
 from diffusionret.diagnostics.meanings import ATTRIBUTES, MEANINGS_FILE, caption_labels, load_meanings, video_labels
 from diffusionret.diagnostics.noise_levels import noise_level_accuracy, noise_steps
 from diffusionret.diagnostics.probes import concatenated, masked_mean, probe_accuracy
 from diffusionret.diagnostics.ranking import positive_matrix
 from diffusionret.evaluation.cell import draw_seeds
 from diffusionret.evaluation.scoring import RerankSettings, Scores, score_queries
+from diffusionret.evaluation.uncertainty import Bootstrap
 from diffusionret.features.cache import SplitFeatures, load_split_features
 from diffusionret.features.encode import split_rows
 from diffusionret.method.diffusion import create_diffusion
@@ -66,7 +67,8 @@ def _prefixed(prefix: str, values: dict) -> dict:
 
 def direction_diagnostics(direction: str, scores: Scores, query_labels: dict, candidate_labels: dict,
                           positives: np.ndarray, block_denoiser, diffusion, *, k: int, steps: list[int],
-                          negative_value: float, noise_draws: int, seed: int) -> dict:
+                          negative_value: float, noise_draws: int, seed: int, bootstrap: Bootstrap,
+                          clusters: np.ndarray | None) -> dict:
     """Every diagnostic of one direction from its stage-1 and re-ranked scores (rows = queries)."""
     stage1 = scores.stage1.float().numpy()  # (Q, C)
     metrics = _prefixed(direction, {**top1_attribute_accuracy(stage1, query_labels, candidate_labels, _rng(seed, 0)),
@@ -77,12 +79,13 @@ def direction_diagnostics(direction: str, scores: Scores, query_labels: dict, ca
         {**top1_attribute_accuracy(matrix, query_labels, candidate_labels, _rng(seed, 2)),
          **topk_composition(matrix, query_labels, candidate_labels, positives, k, _rng(seed, 3))}
         for matrix in reranked])))
-    per_draw = []
+    per_draw, ranks = [], []
     for draw in scores.draws:
         topk = draw.topk_indices.numpy()  # (Q, k) by stage 1 (stable ties), the same in every draw
         per_draw.append(generator_vs_stage1(draw.probabilities.float().numpy(), np.take_along_axis(stage1, topk, 1),
-                                            np.take_along_axis(positives, topk, 1), _rng(seed, 4)))
-    metrics.update(_prefixed(f"{direction}_generator", mean_over_draws(per_draw)))
+                                            np.take_along_axis(positives, topk, 1), _rng(seed, 4), ranks))
+    metrics.update(_prefixed(f"{direction}_generator", {**mean_over_draws(per_draw),
+                                                        **generator_minus_stage1(ranks, bootstrap, clusters)}))
     topk = scores.draws[0].topk_indices
     metrics.update(_prefixed(f"{direction}_noise", noise_level_accuracy(
         block_denoiser, diffusion, topk, np.take_along_axis(positives, topk.numpy(), 1), steps=steps,
@@ -203,15 +206,16 @@ def diagnose_cell(trained: str, evaluated: str, params: Params, paths: Paths) ->
     caption_video = np.asarray(test.annotations.caption_video, dtype=np.int64)
     common = dict(k=rerank.k, steps=noise_steps(diag.noise_fractions, diffusion.num_timesteps),
                   negative_value=gen_meta.get("negative_value", params.train_gen.negative_value),
-                  noise_draws=diag.noise_draws, seed=diag.seed)
+                  noise_draws=diag.noise_draws, seed=diag.seed,
+                  bootstrap=Bootstrap(settings.bootstrap_resamples, settings.bootstrap_seed, settings.ci_level))
     metrics = direction_diagnostics(
         "t2v", t2v, captions, videos, positive_matrix(caption_video, test.annotations.num_videos, "t2v"),
         t2v_block_denoiser(test.text.sentence, test.video.frames, test.video.mask, generator.t2v), diffusion,
-        **common)
+        clusters=caption_video, **common)
     metrics.update(direction_diagnostics(
         "v2t", v2t, videos, captions, positive_matrix(caption_video, test.annotations.num_videos, "v2t"),
         v2t_block_denoiser(test.video.frames, test.video.mask, test.text.sentence, generator.v2t), diffusion,
-        **common))
+        clusters=None, **common))
     lap("ranking_and_noise")
 
     train_meanings = load_meanings(paths.raw(trained) / MEANINGS_FILE)

@@ -67,12 +67,15 @@ def generator_table(cells: list[tuple[str, dict]]) -> list[str]:
     for name, m in cells:
         for direction in DIRECTIONS:
             p = f"{direction}_generator/"
-            rows.append([name, direction, _range(m, p + "generator_R1"), _range(m, p + "stage1_R1"),
+            delta = (f"{m[p + 'R1_delta']:+.1f} [{m[p + 'R1_delta_ci_low']:+.1f}, {m[p + 'R1_delta_ci_high']:+.1f}]"
+                     if p + "R1_delta" in m else "–")
+            rows.append([name, direction, _range(m, p + "generator_R1"), _range(m, p + "stage1_R1"), delta,
                          _range(m, p + "generator_mean_rank", 2), _range(m, p + "stage1_mean_rank", 2),
                          f"{_number(m.get(p + 'p_max'), 4)} ({_number(1 / k_of(m, p), 4)})",
                          f"{_number(m.get(p + 'p_entropy'), 3)} ({_number(m.get(p + 'p_entropy_uniform'), 3)})",
                          _number(m.get(p + "p_top_tied"))])
     return _table(["cell", "dir", "generator-only R@1 in top-k (draws)", "stage-1 R@1 in the same top-k",
+                   "generator − stage 1 [95% CI, paired]",
                    "true's mean rank, generator", "… stage 1", "max p (1/k)", "entropy of p (ln k)",
                    "% queries whose max p is tied"], rows)
 
