@@ -32,6 +32,7 @@ FRAME_FEATURES = ("cls", "cls+grid")  # model/backbone.py
 OPTIMIZERS = ("adamw", "bertadam")
 SCHEDULES = ("cosine", "linear")
 PRECISIONS = ("fp32", "bf16")
+BATCH_SAMPLERS = ("random", "neighbours")  # train.batch_sampler
 
 
 class ConfigError(ValueError):
@@ -261,9 +262,18 @@ class TrainParams(StageTrainParams):
     seed: int = 42
     precision: str = "fp32"
     accelerate_config: str = "configs/accelerate/cpu.yaml"  # how `accelerate launch` starts the processes
+    # beyond the paper: `neighbours` builds batches of TF-IDF caption neighbours (data/neighbours.py)
+    batch_sampler: str = "random"
+    neighbour_group: int = 8  # captions per group: an anchor and group - 1 of its text neighbours
+    neighbour_pool: int = 16  # nearest captions an anchor's group is drawn from
 
     def validate(self, path: str) -> None:
         super().validate(path)
+        _in(f"{path}.batch_sampler", self.batch_sampler, BATCH_SAMPLERS)
+        _check(2 <= self.neighbour_group <= self.global_batch, f"{path}.neighbour_group", self.neighbour_group,
+               f"an integer in [2, global_batch = {self.global_batch}]")
+        _check(self.neighbour_pool >= self.neighbour_group - 1, f"{path}.neighbour_pool", self.neighbour_pool,
+               f"an integer >= neighbour_group - 1 = {self.neighbour_group - 1}")
         _check(self.accelerate_config.endswith((".yaml", ".yml")), f"{path}.accelerate_config",
                self.accelerate_config, "a path to an accelerate config .yaml")
         _check(len(self.benchmarks) >= 1, f"{path}.benchmarks", self.benchmarks, "a non-empty list")
