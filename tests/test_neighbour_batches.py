@@ -100,10 +100,11 @@ def test_a_batch_larger_than_the_videos_is_refused():
 
 @pytest.mark.parametrize("key, value, allowed", [("batch_sampler", "hard", "random, neighbours"),
                                                  ("neighbour_group", 1, "[2, global_batch"),
+                                                 ("neighbour_group", 65, "[2, global_batch = 64]"),
                                                  ("neighbour_pool", 3, ">= neighbour_group - 1")])
 def test_config_validation(key, value, allowed):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["train"][key] = value
+    raw["train"].update({"batch_sampler": "neighbours", key: value})
     with pytest.raises(ConfigError) as error:
         params_from_dict(raw)
     assert f"`train.{key}`" in str(error.value) and allowed in str(error.value), str(error.value)

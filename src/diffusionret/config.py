@@ -270,8 +270,9 @@ class TrainParams(StageTrainParams):
     def validate(self, path: str) -> None:
         super().validate(path)
         _in(f"{path}.batch_sampler", self.batch_sampler, BATCH_SAMPLERS)
-        _check(2 <= self.neighbour_group <= self.global_batch, f"{path}.neighbour_group", self.neighbour_group,
-               f"an integer in [2, global_batch = {self.global_batch}]")
+        largest = self.global_batch if self.batch_sampler == "neighbours" else math.inf  # a group fits a batch
+        _check(2 <= self.neighbour_group <= largest, f"{path}.neighbour_group", self.neighbour_group,
+               f"an integer in [2, global_batch = {self.global_batch}] (with batch_sampler neighbours)")
         _check(self.neighbour_pool >= self.neighbour_group - 1, f"{path}.neighbour_pool", self.neighbour_pool,
                f"an integer >= neighbour_group - 1 = {self.neighbour_group - 1}")
         _check(self.accelerate_config.endswith((".yaml", ".yml")), f"{path}.accelerate_config",
