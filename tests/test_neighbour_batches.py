@@ -113,3 +113,15 @@ def test_config_validation(key, value, allowed):
 def test_paper_preset_keeps_random_batches():
     preset = yaml.safe_load((REPO / "configs/presets/paper.yaml").read_text())
     assert preset["params"]["train"]["batch_sampler"] == "random"
+
+
+def test_a_share_of_the_batch_in_groups_and_the_rest_single_captions():
+    cluster, caption_video, table = clustered_inputs()
+    for step in range(6):
+        batch = neighbour_batch_indices(table, caption_video, 12, 4, 3, step, share=0.5)  # 6 places in groups
+        assert len(set(caption_video[batch])) == 12
+        assert (cluster[batch[:4]] == cluster[batch[0]]).all() and cluster[batch[4]] == cluster[batch[5]]
+    singles = [tuple(neighbour_batch_indices(table, caption_video, 12, 4, 3, s, share=0.5)[6:]) for s in range(40)]
+    clusters_after = np.array([cluster[list(s)] for s in singles])  # (40, 6)
+    # single captions are not groups: their clusters differ within a batch far more often than a group's would
+    assert np.mean([len(set(row)) > 1 for row in clusters_after]) > 0.9

@@ -266,6 +266,7 @@ class TrainParams(StageTrainParams):
     batch_sampler: str = "random"
     neighbour_group: int = 8  # captions per group: an anchor and group - 1 of its text neighbours
     neighbour_pool: int = 16  # nearest captions an anchor's group is drawn from
+    neighbour_share: float = 1.0  # fraction of the batch in neighbour groups; the rest are random captions
 
     def validate(self, path: str) -> None:
         super().validate(path)
@@ -273,6 +274,7 @@ class TrainParams(StageTrainParams):
         largest = self.global_batch if self.batch_sampler == "neighbours" else math.inf  # a group fits a batch
         _check(2 <= self.neighbour_group <= largest, f"{path}.neighbour_group", self.neighbour_group,
                f"an integer in [2, global_batch = {self.global_batch}] (with batch_sampler neighbours)")
+        _check(0 < self.neighbour_share <= 1, f"{path}.neighbour_share", self.neighbour_share, "a number in (0, 1]")
         _check(self.neighbour_pool >= self.neighbour_group - 1, f"{path}.neighbour_pool", self.neighbour_pool,
                f"an integer >= neighbour_group - 1 = {self.neighbour_group - 1}")
         _check(self.accelerate_config.endswith((".yaml", ".yml")), f"{path}.accelerate_config",

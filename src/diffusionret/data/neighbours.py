@@ -47,12 +47,13 @@ def caption_neighbours(captions: Sequence[str], pool: int) -> np.ndarray:
 
 
 def neighbour_batch_indices(neighbours: np.ndarray, caption_video: np.ndarray, batch_size: int, group_size: int,
-                            seed: int, step: int) -> np.ndarray:
+                            seed: int, step: int, share: float = 1.0) -> np.ndarray:
     """Caption indices of the global batch at `step`: groups of an anchor and its text neighbours.
 
     Anchors come in a seeded random order (seed, step); each anchor whose video is not yet in the batch opens a
     group and draws up to `group_size - 1` more captions, in a seeded random order, from its neighbour row, skipping
-    captions whose video is already in the batch. Groups are added until the batch is full (the last may be cut).
+    captions whose video is already in the batch. Groups fill the first round(share x batch_size) places (the last
+    group may be cut); the rest of the batch is further anchors alone, i.e. random captions of unused videos.
     """
     count = len(caption_video)
     if len(np.unique(caption_video)) < batch_size:
@@ -66,13 +67,14 @@ def neighbour_batch_indices(neighbours: np.ndarray, caption_video: np.ndarray, b
         batch.append(caption)
         used.add(int(caption_video[caption]))
 
+    grouped = round(share * batch_size)  # places filled by neighbour groups
     for anchor in rng.permutation(count):
         if len(batch) == batch_size:
             break
         if int(caption_video[anchor]) in used:
             continue
         take(int(anchor))
-        group_end = min(len(batch) - 1 + group_size, batch_size)
+        group_end = min(len(batch) - 1 + group_size, grouped) if len(batch) <= grouped else len(batch)
         for candidate in neighbours[anchor][rng.permutation(neighbours.shape[1])]:
             if len(batch) == group_end:
                 break

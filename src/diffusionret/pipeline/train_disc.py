@@ -98,7 +98,7 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
 
         def draw(step: int) -> np.ndarray:
             return neighbour_batch_indices(neighbours, caption_video, settings.global_batch,
-                                           settings.neighbour_group, settings.seed, step)
+                                           settings.neighbour_group, settings.seed, step, settings.neighbour_share)
 
     def batches(start_step: int):
         sampler = StepBatchSampler(len(dataset), settings.global_batch, settings.seed, start_step, settings.steps,
