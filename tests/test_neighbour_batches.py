@@ -3,6 +3,7 @@ function of (seed, step)."""
 
 import math
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from diffusionret.config import ConfigError, params_from_dict
 from diffusionret.data.batches import StepBatchSampler
 from diffusionret.data.neighbours import caption_neighbours, neighbour_batch_indices
 
-from test_config import REPO
+REPO = Path(__file__).resolve().parents[1]
 
 COLOURS = ("red", "green", "blue")
 SHAPES = ("circle", "square")
