@@ -38,6 +38,7 @@ PRECISIONS = ("fp32", "bf16")
 NEGATIVE_SOURCES = ("batch", "mined")
 GEN_SELECTION_METRICS = ("rerank_r1", "generator_r1")
 RERANK_SOURCES = ("params", "training", "val")
+BATCH_SAMPLERS = ("random", "neighbours")  # train.batch_sampler
 
 
 class ConfigError(ValueError):
@@ -323,9 +324,21 @@ class TrainParams(StageTrainParams):
     precision: str = "fp32"
     accelerate_config: str = "configs/accelerate/cpu.yaml"  # how `accelerate launch` starts the processes
     augment: str = "none"  # training-frame augmentation: none | rand-m7-n4-mstd0.5-inc1 (the siblings' RandAugment)
+    # beyond the paper: `neighbours` builds batches of TF-IDF caption neighbours (data/neighbours.py)
+    batch_sampler: str = "random"
+    neighbour_group: int = 8  # captions per group: an anchor and group - 1 of its text neighbours
+    neighbour_pool: int = 16  # nearest captions an anchor's group is drawn from
+    neighbour_share: float = 1.0  # fraction of the batch in neighbour groups; the rest are random captions
 
     def validate(self, path: str) -> None:
         super().validate(path)
+        _in(f"{path}.batch_sampler", self.batch_sampler, BATCH_SAMPLERS)
+        largest = self.global_batch if self.batch_sampler == "neighbours" else math.inf  # a group fits a batch
+        _check(2 <= self.neighbour_group <= largest, f"{path}.neighbour_group", self.neighbour_group,
+               f"an integer in [2, global_batch = {self.global_batch}] (with batch_sampler neighbours)")
+        _check(0 < self.neighbour_share <= 1, f"{path}.neighbour_share", self.neighbour_share, "a number in (0, 1]")
+        _check(self.neighbour_pool >= self.neighbour_group - 1, f"{path}.neighbour_pool", self.neighbour_pool,
+               f"an integer >= neighbour_group - 1 = {self.neighbour_group - 1}")
         _check(self.accelerate_config.endswith((".yaml", ".yml")), f"{path}.accelerate_config",
                self.accelerate_config, "a path to an accelerate config .yaml")
         _check(len(self.benchmarks) >= 1, f"{path}.benchmarks", self.benchmarks, "a non-empty list")

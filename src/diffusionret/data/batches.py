@@ -6,7 +6,7 @@ process take its own slice of the same global batch (so results do not depend on
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -33,17 +33,22 @@ def local_slice(indices: np.ndarray, rank: int, world_size: int) -> np.ndarray:
 
 
 class StepBatchSampler(Sampler[list[int]]):
-    """Yields this process's batch indices for steps start_step .. total_steps - 1."""
+    """Yields this process's batch indices for steps start_step .. total_steps - 1.
+
+    `draw(step)` gives the global batch of a step (default: `global_batch_indices`, seeded epochs); any pure
+    function of the step keeps resumption exact, e.g. `neighbours.neighbour_batch_indices`.
+    """
 
     def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int, total_steps: int,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, draw: Callable[[int], np.ndarray] | None = None):
         self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
         self.start_step, self.total_steps = start_step, total_steps
         self.rank, self.world_size = rank, world_size
+        self.draw = draw or (lambda step: global_batch_indices(num_items, batch_size, seed, step))
 
     def __iter__(self) -> Iterator[list[int]]:
         for step in range(self.start_step, self.total_steps):
-            batch = global_batch_indices(self.num_items, self.batch_size, self.seed, step)
+            batch = self.draw(step)
             yield local_slice(batch, self.rank, self.world_size).tolist()
 
     def __len__(self) -> int:

@@ -17,6 +17,7 @@ from diffusionret.config import Params, batches_per_epoch, resolve_schedule
 from diffusionret.data.batches import StepBatchSampler
 from diffusionret.data.datasets import CaptionVideoDataset
 from diffusionret.data.frames import FrameCache, load_frame_cache
+from diffusionret.data.neighbours import caption_neighbours, neighbour_batch_indices
 from diffusionret.data.records import SplitAnnotations, load_annotations
 from diffusionret.evaluation.metrics import recall_metrics
 from diffusionret.evaluation.scoring import score_queries
@@ -91,9 +92,18 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
                                   split_rows(train_ann, cache), cache.frames, cache.mask,
                                   augment=settings.augment, augment_seed=settings.seed)
 
+    draw = None
+    if settings.batch_sampler == "neighbours":  # groups of TF-IDF caption neighbours, a pure function of the step
+        neighbours = caption_neighbours(train_ann.captions, settings.neighbour_pool)  # (C, pool)
+        caption_video = np.asarray(train_ann.caption_video)
+
+        def draw(step: int) -> np.ndarray:
+            return neighbour_batch_indices(neighbours, caption_video, settings.global_batch,
+                                           settings.neighbour_group, settings.seed, step, settings.neighbour_share)
+
     def batches(start_step: int):
         sampler = StepBatchSampler(len(dataset), settings.global_batch, settings.seed, start_step, settings.steps,
-                                   accelerator.process_index, accelerator.num_processes)
+                                   accelerator.process_index, accelerator.num_processes, draw=draw)
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=settings.num_workers,
                             pin_memory=accelerator.device.type == "cuda")
         for batch in loader:
