@@ -245,3 +245,19 @@ def test_each_cell_prints_its_cut_captions_and_exact_ties():
                                 ["synthetic-textshift"], {})
     assert note in markdown
     assert cell_text_note(CellResult("a", "b", {})) == ""  # an old metrics.json without the counts
+
+
+def test_the_rerank_verdict_follows_the_paired_interval():
+    from diffusionret.report.tables import rerank_verdict
+
+    metrics = {"t2v/R1": 30.0, "t2v_rerank/R1": 32.5, "t2v_rerank/R1_delta": 2.5, "t2v_rerank/R1_delta_ci_low": 0.5,
+               "t2v_rerank/R1_delta_ci_high": 4.5, "v2t/R1": 20.0, "v2t_rerank/R1": 19.5,
+               "v2t_rerank/R1_delta": -0.5, "v2t_rerank/R1_delta_ci_low": -2.0, "v2t_rerank/R1_delta_ci_high": 1.0}
+    line = rerank_verdict(CellResult("a", "a", metrics))
+    assert "t2v R@1 30.0 → 32.5, re-ranked minus stage 1 +2.5 [+0.5, +4.5], a gain" in line
+    assert "v2t R@1 20.0 → 19.5, re-ranked minus stage 1 -0.5 [-2.0, +1.0], no measurable difference" in line
+    metrics.update({"t2v_rerank/R1_delta_ci_low": -4.0, "t2v_rerank/R1_delta_ci_high": -1.0})
+    assert "a loss: the interval is below 0" in rerank_verdict(CellResult("a", "a", metrics))
+    assert rerank_verdict(CellResult("a", "a", {})) == ""
+    markdown = results_markdown([CellResult("a", "a", metrics)], ["a"], ["a"], {})
+    assert "## Does diffusion re-ranking help?" in markdown

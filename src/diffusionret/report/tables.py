@@ -261,6 +261,23 @@ def difference_section(result: CellResult, part: str) -> list[str]:
     return [f"{title}:", "", table, "", difference_caption(result, part), ""]
 
 
+def rerank_verdict(result: CellResult) -> str:
+    """One plain sentence per direction: does diffusion re-ranking change R@1 measurably in this cell?"""
+    parts = []
+    for direction in DIRECTIONS:
+        key = f"{direction}_rerank/R1"
+        value = result.metrics.get(key + "_delta")
+        low, high = result.metrics.get(key + "_delta_ci_low"), result.metrics.get(key + "_delta_ci_high")
+        if value is None or low is None or high is None:
+            continue
+        verdict = ("a gain: the interval is above 0" if low > 0 else "a loss: the interval is below 0" if high < 0
+                   else "no measurable difference: the interval includes 0")
+        parts.append(f"{direction} R@1 {result.metrics.get(direction + '/R1', float('nan')):.1f} → "
+                     f"{result.metrics.get(key, float('nan')):.1f}, re-ranked minus stage 1 {value:+.1f} "
+                     f"[{low:+.1f}, {high:+.1f}], {verdict}")
+    return (f"- **{result.trained} → {result.evaluated}**: " + "; ".join(parts) + ".") if parts else ""
+
+
 def results_markdown(results: list[CellResult], trained: list[str], evaluated: list[str],
                      figures: dict[str, list[str]]) -> str:
     """The whole reports/results.md; `figures` maps a section key (benchmark or cell name) to image paths."""
@@ -273,7 +290,8 @@ def results_markdown(results: list[CellResult], trained: list[str], evaluated: l
              "- Multi-caption test sets: t2v ranks every caption against all videos; v2t ranks caption groups "
              "scored by the max over the group (CLIP4Clip convention), groups from explicit video ids.",
              "- Re-ranked rows: mean ± sample standard deviation over the DDIM draws (seeds eval.seed + i).",
-             "- [low, high]: percentile-bootstrap confidence interval over queries (t2v: captions, v2t: videos; "
+             "- [low, high]: percentile-bootstrap confidence interval over videos (v2t: each video a query; t2v: "
+             "videos resampled with all their captions, whose hits are correlated; "
              "eval.ci_level, eval.bootstrap_resamples). Re-ranked rows: R@K is the mean over queries of each "
              "query's hit rate over the draws, MnR of its mean rank, MdR the mean over draws of the median rank. "
              "Per-query ranks of every row and draw: `eval/<trained>__<evaluated>/ranks.npz`.",
@@ -287,6 +305,12 @@ def results_markdown(results: list[CellResult], trained: list[str], evaluated: l
                      else "Checkpoints (stage 1 and stage 2, raw or EMA) selected on the validation split, "
                           "never on test."),
              f"- {PAPER_SOURCE_NOTE}", ""]
+    verdicts = [line for line in (rerank_verdict(result) for result in results) if line]
+    if verdicts:
+        lines += ["## Does diffusion re-ranking help?", "",
+                  "Re-ranked minus stage-1 R@1 on the same queries, with its paired 95% bootstrap interval, one "
+                  "training seed (`make seeds` gives the spread over seeds); the diagnostics below show why.", "",
+                  *verdicts, ""]
     lines += ["## In-distribution", ""]
     for result in results:
         if result.ood:
