@@ -248,7 +248,12 @@ def test_mlflow_holds_runs_with_loss_curves_and_eval_children(pipeline):
     assert "v2t_rerank/R1_std" in cells[("synthetic-shift", "qbnorm")].data.metrics
     assert "t2v/MnR" in cells[("synthetic", "dsl")].data.metrics
     names = {post: set(cells[("synthetic", post)].data.metrics) for post in ("none", "qbnorm", "dsl")}
-    assert names["qbnorm"] == names["dsl"] and names["qbnorm"] < names["none"]  # same columns in every run
+    assert names["qbnorm"] == names["dsl"]  # same columns in every post-processing run
+    # and the columns of the none run, plus the post-processed stage-1 rows' paired differences to raw stage 1
+    # (`t2v/R1_delta` in the qbnorm run is QB-Norm minus raw stage 1; the none run's stage-1 rows have none)
+    assert {name for name in names["qbnorm"] if not name.startswith(("t2v/", "v2t/")) or "_delta" not in name} \
+        < names["none"]
+    assert "t2v/R1_delta_ci_low" in names["qbnorm"] and "t2v/R1_delta" not in names["none"]
     in_distribution = json.loads((work / "eval" / "synthetic__synthetic" / "metrics.json").read_text())
     assert {key.removeprefix("test/"): value for key, value in disc.data.metrics.items()
             if key.startswith("test/")} == pytest.approx({key: in_distribution[key] for key in headline_keys()})
