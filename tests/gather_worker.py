@@ -76,6 +76,7 @@ def main(rank: int, world_size: int, port: int, out_file: str) -> None:
             gradient /= world_size
         torch.save({"world_size": dist.get_world_size(), "rank": dist.get_rank(), "loss": loss,
                     "gradients": gradients}, out_file)
+        dist.barrier()  # no rank tears down gloo while its peer still uses it (the peer would abort, SIGABRT)
     finally:
         dist.destroy_process_group()
 
