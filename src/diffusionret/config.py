@@ -27,10 +27,11 @@ SOURCES = ("synthetic",) + REAL_BENCHMARKS
 READERS = tuple(READER_FUNCTIONS)  # the annotation-reader registry (data/readers/__init__.py)
 CLIP_SPANS = ("video", "annotation", "fixed")
 TEMPORAL_MODULES = ("seqTransf", "none")
-SIMILARITY_HEADS = ("wti", "meanP", "emcl", "dicosa")
+SIMILARITY_HEADS = ("wti", "meanP", "emcl", "dicosa", "hbi")
 AUGMENTATIONS = ("none", "rand-m7-n4-mstd0.5-inc1")
 DECORRELATION_NORMALISERS = ("width_minus_1", "max_words")
-HEADS_WITH_PARAMS = ("emcl", "dicosa")  # heads with their own block under `model.<head>`
+HEADS_WITH_PARAMS = ("emcl", "dicosa", "hbi")  # heads with their own block under `model.<head>`
+BANZHAF_LABELS = ("official", "textbook")  # estimator.label_semantics (model/banzhaf.py)
 FRAME_FEATURES = ("cls", "cls+grid")  # model/backbone.py
 OPTIMIZERS = ("adamw", "bertadam")
 SCHEDULES = ("cosine", "linear")
@@ -222,6 +223,72 @@ class DicosaParams:
 
 
 @dataclass(frozen=True)
+class HbiParams:
+    """HBI head (`model.head: hbi`): WTI plus two token-merging levels, Banzhaf distillation from a frozen estimator."""
+
+    rate: tuple[float, ...] = (1.0, 0.0, 0.0)  # test-time weights of the entity, action, event levels (official)
+    text_merge_rates: tuple[float, ...] = (0.25, 0.5)  # each merge keeps ceil(N rate) tokens (official t_rate0/1)
+    video_merge_rates: tuple[float, ...] = (0.25, 0.5)  # (official v_rate0/1)
+    knn: int = 3  # neighbours of the DPC-kNN density
+    merge_heads: int = 8  # attention heads of the merged-token attention
+    kl: float = 2.0  # weight of the hierarchical KL (README --kl 2; argparse default 0.2)
+    skl: float = 1.0  # weight of the Banzhaf distillation KL (--skl 1)
+    banzhaf_planes: int = 64  # channels of the Banzhaf CNNs (students and teacher)
+
+    def validate(self, path: str) -> None:
+        levels = 1 + len(self.text_merge_rates)
+        _check(len(self.text_merge_rates) >= 1 and len(self.video_merge_rates) == len(self.text_merge_rates),
+               f"{path}.video_merge_rates", list(self.video_merge_rates),
+               f"as many rates as text_merge_rates ({len(self.text_merge_rates)}), at least one")
+        for name in ("text_merge_rates", "video_merge_rates"):
+            _check(all(0 < rate <= 1 for rate in getattr(self, name)), f"{path}.{name}", list(getattr(self, name)),
+                   "rates in (0, 1]")
+        _check(len(self.rate) == levels and all(weight >= 0 for weight in self.rate) and any(self.rate),
+               f"{path}.rate", list(self.rate), f"{levels} weights >= 0 (entity + one per merge), not all 0")
+        _check(self.knn >= 1, f"{path}.knn", self.knn, "an integer >= 1")
+        _check(self.merge_heads >= 1, f"{path}.merge_heads", self.merge_heads, "an integer >= 1")
+        _check(self.kl >= 0, f"{path}.kl", self.kl, "a number >= 0")
+        _check(self.skl >= 0, f"{path}.skl", self.skl, "a number >= 0")
+        _check(self.banzhaf_planes >= 1, f"{path}.banzhaf_planes", self.banzhaf_planes, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class EstimatorParams:
+    """The `train_estimator` stage (model.head: hbi only): pre-trains HBI's Banzhaf teacher on Monte-Carlo labels
+    of a frozen trunk (the backbone as built, seqTransf trick, random WTI weights), MSE loss."""
+
+    steps: int | None = 100  # optimiser steps; exactly one of steps and epochs is set (official: epochs 10)
+    epochs: int | None = None
+    global_batch: int = 64  # pairs per step (official 128)
+    lr: float = 1.0e-2  # official 1e-2, BertAdam warm-up cosine
+    schedule_epochs: int | None = None  # official 5: the cosine runs over this many epochs (and restarts); null = all
+    warmup_proportion: float = 0.1
+    weight_decay: float = 0.2
+    mc_draws: int = 100  # Monte-Carlo coalitions per label cell (official 100)
+    draw_chunk: int = 10  # coalitions evaluated at once (memory only)
+    logit_multiplier: float = 1000.0  # labels are computed on the maps times this (official 1000)
+    label_semantics: str = "official"  # official (released labels after the f3 fix) | textbook (Banzhaf interaction)
+    seed: int = 42
+    log_every: int = 10
+
+    def validate(self, path: str) -> None:
+        _check((self.steps is None) != (self.epochs is None), f"{path}.steps", self.steps,
+               "an integer when epochs is null, null when epochs is set")
+        for name in ("steps", "epochs", "schedule_epochs"):
+            value = getattr(self, name)
+            _check(value is None or value >= 1, f"{path}.{name}", value, "an integer >= 1 or null")
+        _check(self.global_batch >= 1, f"{path}.global_batch", self.global_batch, "an integer >= 1")
+        _check(self.lr > 0, f"{path}.lr", self.lr, "a number > 0")
+        _check(0 <= self.warmup_proportion < 1, f"{path}.warmup_proportion", self.warmup_proportion, "in [0, 1)")
+        _check(self.weight_decay >= 0, f"{path}.weight_decay", self.weight_decay, "a number >= 0")
+        _check(self.mc_draws >= 1, f"{path}.mc_draws", self.mc_draws, "an integer >= 1")
+        _check(self.draw_chunk >= 1, f"{path}.draw_chunk", self.draw_chunk, "an integer >= 1")
+        _check(self.logit_multiplier > 0, f"{path}.logit_multiplier", self.logit_multiplier, "a number > 0")
+        _in(f"{path}.label_semantics", self.label_semantics, BANZHAF_LABELS)
+        _check(self.log_every >= 1, f"{path}.log_every", self.log_every, "an integer >= 1")
+
+
+@dataclass(frozen=True)
 class ModelParams:
     backbone: str = "tiny"  # a named CLIP config (tiny, vit-b-32), a local directory, or a hub id
     temporal: str = "seqTransf"
@@ -232,6 +299,7 @@ class ModelParams:
     frame_grid: int = 2  # cls+grid: G of the G x G grid the patch tokens are averaged on
     emcl: EmclParams = field(default_factory=EmclParams)  # read only when head = emcl
     dicosa: DicosaParams = field(default_factory=DicosaParams)  # read only when head = dicosa
+    hbi: HbiParams = field(default_factory=HbiParams)  # read only when head = hbi
 
     def head_params(self) -> dict:
         """The chosen head's own settings as keyword arguments ({} for a head without a block)."""
@@ -503,13 +571,14 @@ class Params:
     postprocess: PostprocessParams = field(default_factory=PostprocessParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
     diagnostics: DiagnosticsParams = field(default_factory=DiagnosticsParams)
+    estimator: EstimatorParams = field(default_factory=EstimatorParams)  # train_estimator (model.head: hbi)
 
     def validate(self) -> None:
         _check(len(self.benchmarks) >= 1, "benchmarks", self.benchmarks, "at least one benchmark")
         for name, bench in self.benchmarks.items():
             bench.validate(f"benchmarks.{name}")
         for section in ("data", "preprocess", "model", "diffusion", "train", "train_gen", "eval", "postprocess",
-                        "tracking", "diagnostics"):
+                        "tracking", "diagnostics", "estimator"):
             getattr(self, section).validate(section)
         _check(self.train_gen.min_timestep < self.diffusion.steps, "train_gen.min_timestep",
                self.train_gen.min_timestep, f"an integer in [0, diffusion.steps - 1 = {self.diffusion.steps - 1}]")

@@ -231,3 +231,16 @@ def list_loss(
     loss_t2v = generation_loss(x0_hat_t2v, temperature_inv) * share
     loss_v2t = generation_loss(x0_hat_v2t, temperature_inv) * share
     return loss_t2v + loss_v2t, {"t2v": loss_t2v.detach(), "v2t": loss_v2t.detach()}
+
+
+def kl_mean(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(target) || softmax(logits)) along the last axis, summed and divided by the number of elements
+    (HBI's 'mean' reduction). The target keeps its gradient (HBI's hierarchical KL does not detach it)."""
+    target_log = torch.log_softmax(target_logits, dim=-1)
+    return (target_log.exp() * (target_log - torch.log_softmax(logits, dim=-1))).sum() / logits.numel()
+
+
+def banzhaf_distill(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """HBI's Banzhaf-map distillation of (B, t, v) maps: kl_mean over the frame axis plus kl_mean with every axis
+    reversed, (v, t, B), which normalises over the batch (the released code's 3-D `.T`)."""
+    return kl_mean(student, teacher) + kl_mean(student.permute(2, 1, 0), teacher.permute(2, 1, 0))

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from diffusionret.method.losses import concept_decorrelation, contrastive_loss, gather_with_grad, list_loss, stage2_loss
+from diffusionret.method.losses import (banzhaf_distill, concept_decorrelation, contrastive_loss, gather_with_grad,
+                                        kl_mean, list_loss, stage2_loss)
 from diffusionret.model.extractor import FeatureExtractor, TextFeatures, VideoFeatures
-from diffusionret.model.heads import DiCoSAHead
+from diffusionret.model.heads import DiCoSAHead, HBIHead
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,41 @@ def head_training_losses(head: nn.Module, text: TextFeatures, video: VideoFeatur
     return {}
 
 
+HBI_LEVEL_NAMES = ("contrastive", "contrastive_action", "contrastive_event")  # loss/<name> per level
+
+
+def hbi_losses(head: HBIHead, text: TextFeatures, video: VideoFeatures, logit_scale: torch.Tensor
+               ) -> dict[str, torch.Tensor]:
+    """HBI's stage-1 loss terms on a square global batch; their sum is the loss.
+
+    Per level l (entity, action, event): InfoNCE CE_sym(exp(logit_scale) S_l) (`loss/contrastive` is the entity
+    level's); `loss/banzhaf` = skl sum_l [KL(B_l, T_l) + KL(B_l^R, T_l^R)] with B_l the level's student and T_l the
+    frozen teacher on the positive pairs' maps (entity level: both zeroed at padded cells), ^R all axes reversed;
+    `loss/hierarchical_kl` = kl sum_{l > 0} [KL(S_l^T, S_e^T) + KL(S_l, S_e)] on raw similarities, the entity
+    level as the (not detached) target. KL = method.losses.kl_mean.
+    """
+    if not head.teacher_loaded:
+        raise RuntimeError("hbi: the Banzhaf teacher was never loaded (a random teacher would be distilled); load "
+                           "the `train_estimator` stage's estimator with HBIHead.load_teacher first")
+    levels = head.training_levels(text.tokens, text.mask, video.frames, video.mask)
+    terms: dict[str, torch.Tensor] = {}
+    banzhaf = torch.zeros((), dtype=levels[0].similarity.dtype, device=levels[0].similarity.device)
+    for index, level in enumerate(levels):
+        name = HBI_LEVEL_NAMES[index] if index < len(HBI_LEVEL_NAMES) else f"contrastive_level{index}"
+        terms[f"loss/{name}"] = contrastive_loss(level.similarity, logit_scale)
+        student = head.students[index](level.maps)  # (B, t, v)
+        with torch.no_grad():
+            teacher = head.teacher(level.maps.detach())
+        if level.map_mask is not None:
+            student, teacher = student * level.map_mask, teacher * level.map_mask
+        banzhaf = banzhaf + banzhaf_distill(student, teacher)
+    terms["loss/banzhaf"] = head.skl * banzhaf
+    entity = levels[0].similarity
+    hierarchy = sum(kl_mean(level.similarity.T, entity.T) + kl_mean(level.similarity, entity) for level in levels[1:])
+    terms["loss/hierarchical_kl"] = head.kl * hierarchy
+    return terms
+
+
 class ContrastiveObjective(nn.Module):
     def __init__(self, extractor: FeatureExtractor, partition: Partition = Partition()):
         super().__init__()
@@ -79,6 +115,10 @@ class ContrastiveObjective(nn.Module):
         text = TextFeatures(tokens=gather_with_grad(text.tokens), mask=_gather_mask(text.mask),
                             sentence=gather_with_grad(text.sentence))  # (B, L, D), (B, L), (B, D)
         video = VideoFeatures(frames=gather_with_grad(video.frames), mask=_gather_mask(video.mask))  # (B, T, D)
+        if isinstance(self.extractor.head, HBIHead):  # three levels, each its own InfoNCE, plus two KL families
+            terms = hbi_losses(self.extractor.head, text, video, self.extractor.logit_scale)
+            self.last_terms = {name: term.detach() for name, term in terms.items()}
+            return sum(terms.values())
         similarity = self.extractor.similarity(text, video)  # (B, B)
         loss = contrastive_loss(similarity, self.extractor.logit_scale)
         self.last_terms = {"loss/contrastive": loss.detach()}

@@ -1,5 +1,6 @@
 """Text-video similarity heads: `wti` (DRL's token-wise weighted interaction, DiffusionRet's head), `meanP`,
-`emcl` (EMCL-Net: pooled features + EM low-rank reconstruction) and `dicosa` (DiCoSA: MLP-weighted chunk cosines).
+`emcl` (EMCL-Net: pooled features + EM low-rank reconstruction), `dicosa` (DiCoSA: MLP-weighted chunk cosines) and
+`hbi` (HBI: WTI plus two token-merging levels, Banzhaf distillation in training).
 
 Common call: head(text_tokens (Bt, L, D), text_mask (Bt, L), sentence (Bt, D), video_frames (Bv, T, D),
 video_mask (Bv, T)) -> (Bt, Bv). The (Bt, Bv, L, T) interaction is computed `chunk_size` x `chunk_size`
@@ -9,10 +10,14 @@ pairs at a time, so a 1000 x 1000 evaluation never holds the whole tensor.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from diffusionret.model.banzhaf import BanzhafModule
+from diffusionret.model.token_merge import MergeStages
 
 INVALID_WEIGHT_LOGIT = -9e15  # reference §2.4: fill for padded tokens/frames before the weight softmax
 DEFAULT_CHUNK_SIZE = 128
@@ -282,8 +287,113 @@ class DiCoSAHead(nn.Module):
         return max_words if self.decorrelation_normaliser == "max_words" else self.chunk_width - 1
 
 
+@dataclass
+class HBILevel:
+    """One level of HBI in training: similarity (B, B) of the square global batch and the positive pairs'
+    token-frame cosine maps (B, t, v) (entity level: masked, zero at padded cells; merged levels: unmasked)."""
+
+    similarity: torch.Tensor
+    maps: torch.Tensor
+    map_mask: torch.Tensor | None  # (B, t, v) 0/1 at the entity level; None at the merged levels
+
+
+def merged_wti(text: torch.Tensor, text_fc: nn.Module, video: torch.Tensor, video_fc: nn.Module,
+               chunk_size: int) -> torch.Tensor:
+    """WTI of merged token sets without masks: text (Bt, Nt, D), video (Bv, Nv, D) -> (Bt, Bv); weights are
+    softmaxes of the level's own weight MLPs over every merged token."""
+    text_weights = torch.softmax(text_fc(text).squeeze(-1), dim=-1)  # (Bt, Nt)
+    video_weights = torch.softmax(video_fc(video).squeeze(-1), dim=-1)  # (Bv, Nv)
+    text_unit, video_unit = F.normalize(text, dim=-1), F.normalize(video, dim=-1)
+    rows = []
+    for t in range(0, text.shape[0], chunk_size):
+        row = []
+        for v in range(0, video.shape[0], chunk_size):
+            interaction = torch.einsum("ald,bfd->ablf", text_unit[t:t + chunk_size], video_unit[v:v + chunk_size])
+            t2v = (interaction.max(dim=3).values * text_weights[t:t + chunk_size, None, :]).sum(dim=2)  # (bt, bv)
+            v2t = (interaction.max(dim=2).values * video_weights[None, v:v + chunk_size, :]).sum(dim=2)
+            row.append((t2v + v2t) / 2.0)
+        rows.append(torch.cat(row, dim=1))
+    return torch.cat(rows)  # (Bt, Bv)
+
+
+class HBIHead(nn.Module):
+    """HBI: WTI at the entity level (tokens and frames), then two token-merging levels per modality (action,
+    event; model/token_merge.py), each scored by its own unmasked WTI. S = sum_l rate_l S_l; with the official
+    rate (1, 0, 0) the test-time score is exactly the entity level's WTI (levels of rate 0 are not computed).
+
+    Training (`training_levels`) scores every level; the Banzhaf students (one per level) and the frozen teacher
+    (pre-trained by the `train_estimator` stage, loaded with `load_teacher`) feed the distillation loss
+    (method/objectives.py `hbi_losses`). The teacher is a frozen submodule, saved in the checkpoint.
+    """
+
+    def __init__(self, width: int, chunk_size: int = DEFAULT_CHUNK_SIZE, *, rate: tuple[float, ...] = (1.0, 0.0, 0.0),
+                 text_merge_rates: tuple[float, ...] = (0.25, 0.5), video_merge_rates: tuple[float, ...] = (0.25, 0.5),
+                 knn: int = 3, merge_heads: int = 8, kl: float = 2.0, skl: float = 1.0, banzhaf_planes: int = 64) -> None:
+        super().__init__()
+        if not len(rate) - 1 == len(text_merge_rates) == len(video_merge_rates):
+            raise ValueError(f"hbi: rate has {len(rate)} levels but the merge rates give "
+                             f"{len(text_merge_rates)} / {len(video_merge_rates)} merged levels; give one rate per "
+                             f"level (entity + one per merge stage)")
+        self.chunk_size, self.rate, self.kl, self.skl = chunk_size, tuple(rate), kl, skl
+        self.entity = WTIHead(width, chunk_size)
+        self.text_merge = MergeStages(width, tuple(text_merge_rates), knn, merge_heads)
+        self.video_merge = MergeStages(width, tuple(video_merge_rates), knn, merge_heads)
+        self.text_weight_fcs = nn.ModuleList(_weight_mlp(width) for _ in text_merge_rates)
+        self.video_weight_fcs = nn.ModuleList(_weight_mlp(width) for _ in video_merge_rates)
+        self.students = nn.ModuleList(BanzhafModule(banzhaf_planes) for _ in rate)
+        self.teacher = BanzhafModule(banzhaf_planes).requires_grad_(False)
+        self.teacher_loaded = False  # set by load_teacher; training refuses a random teacher
+
+    @torch.no_grad()
+    def load_teacher(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy a pre-trained estimator's weights into the frozen teacher (strict: every key, no other)."""
+        self.teacher.load_state_dict(state, strict=True)
+        self.teacher_loaded = True
+
+    def _merged(self, text_tokens, text_mask, video_frames, video_mask) -> tuple[list, list]:
+        return self.text_merge(text_tokens, text_mask), self.video_merge(video_frames, video_mask)
+
+    def forward(
+        self,
+        text_tokens: torch.Tensor,
+        text_mask: torch.Tensor,
+        sentence: torch.Tensor,
+        video_frames: torch.Tensor,
+        video_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Similarity (Bt, Bv) = sum_l rate_l S_l over the levels of non-zero rate; `sentence` is unused."""
+        scores = torch.zeros(text_tokens.shape[0], video_frames.shape[0], dtype=video_frames.dtype,
+                             device=video_frames.device)
+        if self.rate[0]:
+            scores = scores + self.rate[0] * self.entity(text_tokens, text_mask, sentence, video_frames, video_mask)
+        if any(self.rate[1:]):
+            texts, videos = self._merged(text_tokens, text_mask, video_frames, video_mask)
+            for level, weight in enumerate(self.rate[1:]):
+                if weight:
+                    scores = scores + weight * merged_wti(texts[level], self.text_weight_fcs[level], videos[level],
+                                                          self.video_weight_fcs[level], self.chunk_size)
+        return scores
+
+    def training_levels(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, video_frames: torch.Tensor,
+                        video_mask: torch.Tensor) -> list[HBILevel]:
+        """Every level of a square batch (caption a with video a): entity, then each merged level."""
+        text_mask_f, video_mask_f = text_mask.to(text_tokens.dtype), video_mask.to(video_frames.dtype)
+        entity = self.entity(text_tokens, text_mask, None, video_frames, video_mask)  # (B, B)
+        map_mask = text_mask_f[:, :, None] * video_mask_f[:, None, :]  # (B, L, T)
+        maps = torch.einsum("ald,afd->alf", F.normalize(text_tokens, dim=-1),
+                            F.normalize(video_frames, dim=-1)) * map_mask  # (B, L, T)
+        levels = [HBILevel(entity, maps, map_mask)]
+        texts, videos = self._merged(text_tokens, text_mask, video_frames, video_mask)
+        for level, (text, video) in enumerate(zip(texts, videos)):
+            similarity = merged_wti(text, self.text_weight_fcs[level], video, self.video_weight_fcs[level],
+                                    self.chunk_size)  # (B, B)
+            maps = torch.einsum("ald,afd->alf", F.normalize(text, dim=-1), F.normalize(video, dim=-1))  # (B, t, v)
+            levels.append(HBILevel(similarity, maps, None))
+        return levels
+
+
 SIMILARITY_HEADS: dict[str, type[nn.Module]] = {"wti": WTIHead, "meanP": MeanPoolHead, "emcl": EMCLHead,
-                                                "dicosa": DiCoSAHead}
+                                                "dicosa": DiCoSAHead, "hbi": HBIHead}
 
 
 def build_head(name: str, width: int, chunk_size: int = DEFAULT_CHUNK_SIZE, head_params: dict | None = None
