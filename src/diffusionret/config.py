@@ -279,7 +279,7 @@ class EstimatorParams:
             _check(value is None or value >= 1, f"{path}.{name}", value, "an integer >= 1 or null")
         _check(self.global_batch >= 1, f"{path}.global_batch", self.global_batch, "an integer >= 1")
         _check(self.lr > 0, f"{path}.lr", self.lr, "a number > 0")
-        _check(0 <= self.warmup_proportion < 1, f"{path}.warmup_proportion", self.warmup_proportion, "in [0, 1)")
+        _check(0 < self.warmup_proportion < 1, f"{path}.warmup_proportion", self.warmup_proportion, "in (0, 1)")
         _check(self.weight_decay >= 0, f"{path}.weight_decay", self.weight_decay, "a number >= 0")
         _check(self.mc_draws >= 1, f"{path}.mc_draws", self.mc_draws, "an integer >= 1")
         _check(self.draw_chunk >= 1, f"{path}.draw_chunk", self.draw_chunk, "an integer >= 1")

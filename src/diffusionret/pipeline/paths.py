@@ -35,6 +35,9 @@ class Paths:
     def disc_model(self, benchmark: str) -> Path:
         return self.root / "models" / benchmark / "disc"
 
+    def estimator(self, benchmark: str) -> Path:
+        return self.root / "models" / benchmark / "estimator"
+
     def gen_model(self, benchmark: str) -> Path:
         return self.root / "models" / benchmark / "gen"
 

@@ -25,6 +25,7 @@ from diffusionret.features.encode import encode_captions, encode_videos, split_r
 from diffusionret.method.objectives import ContrastiveObjective
 from diffusionret.model.backbone import NAMED_CLIP_CONFIGS, resolve_backbone
 from diffusionret.model.checkpoint import save_extractor
+from diffusionret.model.estimator import load_estimator
 from diffusionret.model.extractor import FeatureExtractor, build_feature_extractor
 from diffusionret.model.tokenizer import load_tokenizer, tokenize, train_bpe_tokenizer
 from diffusionret.pipeline.paths import Paths
@@ -86,6 +87,9 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
         head=params.model.head, head_params=params.model.head_params(), frame_feature=params.model.frame_feature,
         frame_grid=params.model.frame_grid, **vocabulary,
     ).to(accelerator.device)
+    if params.model.head == "hbi":  # the frozen Banzhaf teacher of the train_estimator stage (an error if missing)
+        teacher_state, _ = load_estimator(paths.estimator(name), name)
+        extractor.head.load_teacher(teacher_state)
     seed_everything(settings.seed * accelerator.num_processes + accelerator.process_index)
     optimizer, scheduler = make_optimizer(settings, extractor, extractor.backbone.clip)
     dataset = CaptionVideoDataset(train_ids, train_mask, np.asarray(train_ann.caption_video),
