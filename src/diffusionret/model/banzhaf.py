@@ -66,18 +66,27 @@ def _outside(weights: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
     return weights.masked_fill(members == 0, INVALID_WEIGHT_LOGIT)
 
 
+def draw_coalitions(draws: int, words: int, frames: int, generator: torch.Generator
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random coalitions, one per (draw, i, j) and shared by the batch (as released): token sets (draws, L, T, L)
+    then frame sets (draws, L, T, T), each entry Bernoulli(1/2) (0/1 float), drawn from `generator` in that order."""
+    tokens = (torch.rand(draws, words, frames, words, generator=generator) > 0.5).float()
+    frames_in = (torch.rand(draws, words, frames, frames, generator=generator) > 0.5).float()
+    return tokens, frames_in
+
+
 def banzhaf_labels(maps: torch.Tensor, text_mask: torch.Tensor, video_mask: torch.Tensor,
-                   text_weights: torch.Tensor, video_weights: torch.Tensor, *, draws: int,
-                   generator: torch.Generator, semantics: str = "official", multiplier: float = 1000.0,
-                   draw_chunk: int = 10) -> torch.Tensor:
+                   text_weights: torch.Tensor, video_weights: torch.Tensor,
+                   coalitions: tuple[torch.Tensor, torch.Tensor], *, semantics: str = "official",
+                   multiplier: float = 1000.0, draw_chunk: int = 10) -> torch.Tensor:
     """Monte-Carlo Banzhaf labels (B, L, T) of the positive pairs' similarity maps.
 
     maps (B, L, T): masked token-frame cosines of each pair; text_mask (B, L), video_mask (B, T): 0/1;
     text_weights (B, L), video_weights (B, T): the WTI weights (after their softmax). The maps are multiplied by
-    `multiplier` first (official 1000). For each cell (i, j) and each draw, coalitions S_t (B-independent, drawn
-    from `generator`: (draws, L, T, L) and (draws, L, T, T) Bernoulli(1/2), in this order) with i and j removed;
-    the label is the mean over draws of f1 - f2 - f3 + f4 (see the module docstring), masked to valid cells.
-    `draw_chunk` draws are evaluated at once (memory B L T chunk L T per coalition value).
+    `multiplier` first (official 1000). `coalitions` (`draw_coalitions`): token sets (N, L, T, L) and frame sets
+    (N, L, T, T) of each draw and cell (i, j); i and j are removed from them and they are intersected with the
+    masks here. The label is the mean over the N draws of f1 - f2 - f3 + f4 (module docstring), zero at padded
+    cells. `draw_chunk` draws are evaluated at once (memory about B L T draw_chunk L T per coalition value).
     """
     if semantics not in LABEL_SEMANTICS:
         raise ValueError(f"unknown Banzhaf label semantics {semantics!r}; choose one of {LABEL_SEMANTICS}")
@@ -85,8 +94,8 @@ def banzhaf_labels(maps: torch.Tensor, text_mask: torch.Tensor, video_mask: torc
     dtype, device = maps.dtype, maps.device
     maps = maps * multiplier
     text_mask, video_mask = text_mask.to(dtype), video_mask.to(dtype)
-    text_draws = (torch.rand(draws, words, frames, words, generator=generator) > 0.5).to(device, dtype)
-    video_draws = (torch.rand(draws, words, frames, frames, generator=generator) > 0.5).to(device, dtype)
+    text_draws, video_draws = (draw.to(device, dtype) for draw in coalitions)
+    draws = text_draws.shape[0]
     not_i = 1.0 - torch.eye(words, dtype=dtype, device=device)[:, None, :]  # (L(i), 1, L): drop token i
     not_j = 1.0 - torch.eye(frames, dtype=dtype, device=device)[None, :, :]  # (1, T(j), T): drop frame j
     only_i = torch.eye(words, dtype=dtype, device=device)[:, None, :]  # (L(i), 1, L)

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 
-from diffusionret.model.banzhaf import BanzhafModule, banzhaf_labels
+from diffusionret.model.banzhaf import BanzhafModule, banzhaf_labels, draw_coalitions
 from diffusionret.model.heads import INVALID_WEIGHT_LOGIT
 
 WEIGHTS_FILE, RECORD_FILE = "estimator.safetensors", "estimator.json"
@@ -47,9 +47,9 @@ def estimator_loss(teacher: BanzhafModule, maps: torch.Tensor, text_mask: torch.
     """MSE (mean over B L T cells) between the Monte-Carlo labels and the teacher's map (masked to valid cells).
     The teacher sees the maps as they are; the labels are computed on maps x multiplier (as released)."""
     with torch.no_grad():
-        labels = banzhaf_labels(maps, text_mask, video_mask, text_weights, video_weights, draws=draws,
-                                generator=generator, semantics=semantics, multiplier=multiplier,
-                                draw_chunk=draw_chunk)  # (B, L, T)
+        coalitions = draw_coalitions(draws, maps.shape[1], maps.shape[2], generator)
+        labels = banzhaf_labels(maps, text_mask, video_mask, text_weights, video_weights, coalitions,
+                                semantics=semantics, multiplier=multiplier, draw_chunk=draw_chunk)  # (B, L, T)
     cells = text_mask.to(maps.dtype)[:, :, None] * video_mask.to(maps.dtype)[:, None, :]
     return F.mse_loss(teacher(maps) * cells, labels)
 
