@@ -41,7 +41,7 @@ def applied(tmp_path: Path, overrides: list[str]):
     return load_params(path)
 
 
-SIBLINGS = ("emcl", "dicosa")  # the author's other systems as stage-1 heads, at ViT-B/32
+SIBLINGS = ("emcl", "dicosa", "hbi")  # the author's other systems as stage-1 heads, at ViT-B/32
 
 
 def test_twelve_presets_one_per_benchmark_and_backbone_plus_the_sibling_heads():
@@ -63,6 +63,24 @@ def test_sibling_presets_are_their_official_recipes(tmp_path):
     post = dicosa.postprocess
     assert post.qbnorm_settings("t2v") == {"beta": 70.0, "k": 1, "min_count": 3}
     assert post.qbnorm_settings("v2t") == {"beta": 70.0, "k": 1, "min_count": 5}
+
+
+def test_hbi_preset_is_its_official_recipe(tmp_path):
+    """README: --kl 2 --skl 1, 24 words / 12 frames on MSRVTT, the estimator at lr 1e-2 for 10 epochs (t_total 5)."""
+    hbi = applied(tmp_path, preset_overrides("msrvtt-9k-hbi", None, [], PRESETS))
+    assert (hbi.model.backbone, hbi.model.head) == (HUB_IDS["vitb32"], "hbi")
+    block = hbi.model.hbi
+    assert (block.rate, block.text_merge_rates, block.video_merge_rates, block.knn, block.kl, block.skl,
+            block.banzhaf_planes) == ((1.0, 0.0, 0.0), (0.25, 0.5), (0.25, 0.5), 3, 2.0, 1.0, 64)
+    assert (hbi.benchmarks["msrvtt"].max_words, hbi.benchmarks["msrvtt"].max_frames) == (24, 12)
+    assert (hbi.train.seed, hbi.train.ema_decay, hbi.train.augment) == (42, 0.0, "rand-m7-n4-mstd0.5-inc1")
+    assert (hbi.train.lr, hbi.train.coef_lr, hbi.train.global_batch, hbi.train.epochs) == (1e-4, 1e-3, 128, 5)
+    estimator = hbi.estimator
+    assert (estimator.steps, estimator.epochs, estimator.schedule_epochs, estimator.lr, estimator.global_batch,
+            estimator.mc_draws, estimator.logit_multiplier, estimator.label_semantics) == \
+        (None, 10, 5, 1e-2, 128, 100, 1000.0, "official")
+    activitynet = applied(tmp_path, preset_overrides("activitynet-hbi", None, [], PRESETS))
+    assert (activitynet.benchmarks["activitynet"].max_words, activitynet.benchmarks["activitynet"].max_frames) == (64, 64)
 
 
 @pytest.mark.parametrize("name", sorted(f"{b}-{v}" for b in BENCHMARKS for v in HUB_IDS))

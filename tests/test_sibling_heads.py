@@ -301,7 +301,7 @@ def test_dicosa_objective_adds_the_decorrelation_term():
 def test_every_head_is_registered_in_config_and_model():
     from diffusionret.config import SIMILARITY_HEADS as CONFIG_HEADS
 
-    assert set(CONFIG_HEADS) == set(SIMILARITY_HEADS) == {"wti", "meanP", "emcl", "dicosa"}
+    assert set(CONFIG_HEADS) == set(SIMILARITY_HEADS) == {"wti", "meanP", "emcl", "dicosa", "hbi"}
 
 
 def test_unknown_key_of_a_head_block_names_the_key_and_the_allowed_ones():

@@ -52,14 +52,15 @@ def _train(name: str, params: Params, paths: Paths, out_dir: Path) -> dict:
     ids, mask = tokenize(tokenizer, annotations.captions, bench.max_words)  # (C, L) each
     caption_rows = np.array([cache.row_of[annotations.video_ids[v]] for v in annotations.caption_video])  # (C,)
 
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(settings.seed)
     vocabulary = (dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
                   if model.backbone in NAMED_CLIP_CONFIGS else {})
     trunk = build_feature_extractor(model.backbone, temporal=model.temporal, temporal_layers=model.temporal_layers,
                                     head="wti", frame_feature=model.frame_feature, frame_grid=model.frame_grid,
-                                    **vocabulary).eval().requires_grad_(False)
-    teacher = BanzhafModule(model.hbi.banzhaf_planes)
+                                    **vocabulary).eval().requires_grad_(False).to(device)
+    teacher = BanzhafModule(model.hbi.banzhaf_planes).to(device)
     per_epoch = max(len(caption_rows) // settings.global_batch, 1)
     steps = settings.steps if settings.steps is not None else settings.epochs * per_epoch
     schedule_steps = settings.schedule_epochs * per_epoch if settings.schedule_epochs else steps
@@ -72,9 +73,9 @@ def _train(name: str, params: Params, paths: Paths, out_dir: Path) -> dict:
     for step in range(1, steps + 1):
         batch = draws.choice(len(caption_rows), size=min(settings.global_batch, len(caption_rows)), replace=False)
         with torch.no_grad():
-            text = trunk.encode_text(ids[batch], mask[batch])
-            frames = torch.from_numpy(np.asarray(cache.frames[caption_rows[batch]]))  # (B, T, S, S, 3) uint8
-            frame_mask = torch.from_numpy(np.asarray(cache.mask[caption_rows[batch]])).long()  # (B, T)
+            text = trunk.encode_text(ids[batch].to(device), mask[batch].to(device))
+            frames = torch.from_numpy(np.asarray(cache.frames[caption_rows[batch]])).to(device)  # (B, T, S, S, 3) uint8
+            frame_mask = torch.from_numpy(np.asarray(cache.mask[caption_rows[batch]])).long().to(device)  # (B, T)
             video = trunk.encode_video(frames, frame_mask)
             maps, text_weights, video_weights = positive_maps(trunk, text.tokens, text.mask, video.frames, video.mask)
         loss = estimator_loss(teacher, maps, text.mask, video.mask, text_weights, video_weights,
