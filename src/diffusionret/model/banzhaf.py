@@ -61,6 +61,19 @@ def coalition_wti(maps: torch.Tensor, cells: torch.Tensor, text_logits: torch.Te
     return (t2v + v2t) / 2.0
 
 
+def _with_zero(best: torch.Tensor, has_zero: torch.Tensor) -> torch.Tensor:
+    """max(best, 0) where the row (column) also holds a zeroed cell, else best."""
+    return torch.where(has_zero, best.clamp_min(0.0), best)
+
+
+def _value(row_maxima: torch.Tensor, text_logits: torch.Tensor, col_maxima: torch.Tensor,
+           video_logits: torch.Tensor) -> torch.Tensor:
+    """WTI from the row maxima (.., L) and column maxima (.., T) of a coalition's map (0 for rows / columns
+    outside it): 1/2 [softmax(text_logits) . rows + softmax(video_logits) . columns]."""
+    return ((torch.softmax(text_logits, dim=-1) * row_maxima).sum(dim=-1)
+            + (torch.softmax(video_logits, dim=-1) * col_maxima).sum(dim=-1)) / 2.0
+
+
 def _outside(weights: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
     """weights with -9e15 where members == 0 (same shape)."""
     return weights.masked_fill(members == 0, INVALID_WEIGHT_LOGIT)
@@ -100,38 +113,45 @@ def banzhaf_labels(maps: torch.Tensor, text_mask: torch.Tensor, video_mask: torc
     not_j = 1.0 - torch.eye(frames, dtype=dtype, device=device)[None, :, :]  # (1, T(j), T): drop frame j
     only_i = torch.eye(words, dtype=dtype, device=device)[:, None, :]  # (L(i), 1, L)
     only_j = torch.eye(frames, dtype=dtype, device=device)[None, :, :]  # (1, T(j), T)
-    cell = only_i[..., :, None] * only_j[..., None, :]  # (L(i), T(j), L, T): the single cell (i, j)
-    # broadcast layout below: (chunk, B, L(i), T(j), L or T [, T])
+    # broadcast layout below: (chunk, B, L(i), T(j), L or T); no (.., L, T) coalition grid is materialised
     pair_maps = maps[None, :, None, None]  # (1, B, 1, 1, L, T)
+    row_j = maps.transpose(1, 2)[None, :, None]  # (1, B, 1, T(j), L): m_lj
+    col_i = maps[None, :, :, None]  # (1, B, L(i), 1, T): m_if
+    cell_ij = maps[None, :, :, :, None]  # (1, B, L(i), T(j), 1): m_ij
     text_w = text_weights[None, :, None, None, :]  # (1, B, 1, 1, L)
     video_w = video_weights[None, :, None, None, :]  # (1, B, 1, 1, T)
+    all_frames = video_mask[None, :, None, None, :]  # official frame weights: softmax over the whole video mask
     total = torch.zeros(batch, words, frames, dtype=dtype, device=device)
     for start in range(0, draws, draw_chunk):
         s_t = text_draws[start:start + draw_chunk][:, None] * not_i * text_mask[None, :, None, None, :]  # (c, B, L, T, L)
         s_v = video_draws[start:start + draw_chunk][:, None] * not_j * video_mask[None, :, None, None, :]  # (c, B, L, T, T)
-        with_i = s_t + only_i  # S_t + i (labels of padded i or j are masked at the end)
-        with_j = s_v + only_j
-        grid = s_t[..., :, None] * s_v[..., None, :]  # (c, B, L, T, L, T): S_t x S_v
+        with_i, with_j = s_t + only_i, s_v + only_j  # S_t + i, S_v + j (labels of padded i or j are masked at the end)
+        # Cells outside the coalition are 0, not -inf: the max of a row (column) holds a 0 whenever the coalition
+        # misses a frame (token). best_* = max over the coalition's members, then that 0 where it applies.
+        best_row = torch.where(s_v[..., None, :] > 0, pair_maps, float("-inf")).amax(dim=-1)  # (c, B, L, T, L)
+        best_col = torch.where(s_t[..., :, None] > 0, pair_maps, float("-inf")).amax(dim=-2)  # (c, B, L, T, T)
+        count_v, count_t = s_v.sum(dim=-1, keepdim=True), s_t.sum(dim=-1, keepdim=True)  # (c, B, L, T, 1)
+        rows_v = _with_zero(best_row, count_v < frames)  # row maxima of S_t x S_v (any row l, masked by S_t below)
+        rows_vj = _with_zero(torch.maximum(best_row, row_j), count_v + 1 < frames)  # ... of S_v + j
+        cols_t = _with_zero(best_col, count_t < words)  # column maxima of S_t x S_v
+        cols_ti = _with_zero(torch.maximum(best_col, col_i), count_t + 1 < words)  # ... of S_t + i
         if semantics == "official":
-            all_frames = video_mask[None, :, None, None, :]  # frame weights always over the whole video mask
-            text4 = torch.softmax(_outside(text_w, s_t), dim=-1)  # first softmax of f4's token weights
-            video4 = torch.softmax(_outside(video_w, all_frames), dim=-1)
-            f4 = coalition_wti(pair_maps, grid, _outside(text_w, s_t), _outside(video_w, all_frames))
-            # f1: f4's cells plus the cell (i, j); f4's (already softmaxed) weights with i's / j's raw weight put back
-            text1 = torch.where(only_i.bool(), text_w, _outside(text4, s_t))
-            video1 = torch.where(only_j.bool(), video_w, _outside(video4, all_frames))
-            f1 = coalition_wti(pair_maps, grid + cell, text1, video1)  # (i, j) is never in S_t x S_v
-            f2 = coalition_wti(pair_maps, with_i[..., :, None] * s_v[..., None, :], _outside(text_w, with_i),
-                               _outside(video_w, all_frames))
-            f3 = coalition_wti(pair_maps, s_t[..., :, None] * with_j[..., None, :], _outside(text_w, s_t),
-                               _outside(video_w, all_frames))
+            text_logits, frame_logits = _outside(text_w, s_t), _outside(video_w, all_frames)
+            f4 = _value(s_t * rows_v, text_logits, s_v * cols_t, frame_logits)
+            f2 = _value(with_i * rows_v, _outside(text_w, with_i), s_v * cols_ti, frame_logits)
+            f3 = _value(s_t * rows_vj, text_logits, with_j * cols_t, frame_logits)
+            # f1: S_t x S_v plus the single cell (i, j): row i and column j hold only m_ij (and zeros, if any);
+            # its weights are f4's (already softmaxed) with i's / j's given weight put back, softmaxed again
+            row_i = _with_zero(cell_ij.expand(-1, -1, -1, -1, 1), torch.tensor(frames > 1, device=device))
+            col_j = _with_zero(cell_ij.expand(-1, -1, -1, -1, 1), torch.tensor(words > 1, device=device))
+            text1 = torch.where(only_i.bool(), text_w, _outside(torch.softmax(text_logits, dim=-1), s_t))
+            video1 = torch.where(only_j.bool(), video_w, _outside(torch.softmax(frame_logits, dim=-1), all_frames))
+            f1 = _value(s_t * rows_v + only_i * row_i, text1, s_v * cols_t + only_j * col_j, video1)
         else:
             log_t, log_v = text_w.clamp_min(1e-30).log(), video_w.clamp_min(1e-30).log()  # softmax = renormalise
-
-            def value(tokens: torch.Tensor, frames_in: torch.Tensor) -> torch.Tensor:
-                return coalition_wti(pair_maps, tokens[..., :, None] * frames_in[..., None, :],
-                                     _outside(log_t, tokens), _outside(log_v, frames_in))
-
-            f1, f2, f3, f4 = value(with_i, with_j), value(with_i, s_v), value(s_t, with_j), value(s_t, s_v)
+            f1 = _value(with_i * rows_vj, _outside(log_t, with_i), with_j * cols_ti, _outside(log_v, with_j))
+            f2 = _value(with_i * rows_v, _outside(log_t, with_i), s_v * cols_ti, _outside(log_v, s_v))
+            f3 = _value(s_t * rows_vj, _outside(log_t, s_t), with_j * cols_t, _outside(log_v, with_j))
+            f4 = _value(s_t * rows_v, _outside(log_t, s_t), s_v * cols_t, _outside(log_v, s_v))
         total = total + (f1 - f2 - f3 + f4).sum(dim=0)  # (B, L, T)
     return total / draws * text_mask[:, :, None] * video_mask[:, None, :]
