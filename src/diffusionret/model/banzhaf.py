@@ -123,8 +123,9 @@ def banzhaf_labels(maps: torch.Tensor, text_mask: torch.Tensor, video_mask: torc
     all_frames = video_mask[None, :, None, None, :]  # official frame weights: softmax over the whole video mask
     total = torch.zeros(batch, words, frames, dtype=dtype, device=device)
     for start in range(0, draws, draw_chunk):
-        s_t = text_draws[start:start + draw_chunk][:, None] * not_i * text_mask[None, :, None, None, :]  # (c, B, L, T, L)
-        s_v = video_draws[start:start + draw_chunk][:, None] * not_j * video_mask[None, :, None, None, :]  # (c, B, L, T, T)
+        chunk = slice(start, start + draw_chunk)
+        s_t = text_draws[chunk][:, None] * not_i * text_mask[None, :, None, None, :]  # (c, B, L, T, L)
+        s_v = video_draws[chunk][:, None] * not_j * video_mask[None, :, None, None, :]  # (c, B, L, T, T)
         with_i, with_j = s_t + only_i, s_v + only_j  # S_t + i, S_v + j (labels of padded i or j are masked at the end)
         # Cells outside the coalition are 0, not -inf: the max of a row (column) holds a 0 whenever the coalition
         # misses a frame (token). best_* = max over the coalition's members, then that 0 where it applies.

@@ -328,7 +328,8 @@ class HBIHead(nn.Module):
 
     def __init__(self, width: int, chunk_size: int = DEFAULT_CHUNK_SIZE, *, rate: tuple[float, ...] = (1.0, 0.0, 0.0),
                  text_merge_rates: tuple[float, ...] = (0.25, 0.5), video_merge_rates: tuple[float, ...] = (0.25, 0.5),
-                 knn: int = 3, merge_heads: int = 8, kl: float = 2.0, skl: float = 1.0, banzhaf_planes: int = 64) -> None:
+                 knn: int = 3, merge_heads: int = 8, kl: float = 2.0, skl: float = 1.0,
+                 banzhaf_planes: int = 64) -> None:
         super().__init__()
         if not len(rate) - 1 == len(text_merge_rates) == len(video_merge_rates):
             raise ValueError(f"hbi: rate has {len(rate)} levels but the merge rates give "

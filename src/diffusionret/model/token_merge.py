@@ -121,7 +121,8 @@ class MergedTokenAttention(nn.Module):
     def forward(self, merged: TokenSet, keys: TokenSet) -> TokenSet:
         batch, queries, width = merged.tokens.shape
         head_width = width // self.heads
-        q = self.q(self.norm(merged.tokens)).view(batch, queries, self.heads, head_width).transpose(1, 2)  # (B, h, N', w)
+        q = self.q(self.norm(merged.tokens)).view(batch, queries, self.heads, head_width)
+        q = q.transpose(1, 2)  # (B, h, N', w)
         kv = self.kv(self.norm(keys.tokens)).view(batch, -1, 2, self.heads, head_width).permute(2, 0, 3, 1, 4)
         k, v = kv[0], kv[1]  # (B, h, N, w) each
         logits = (q * self.scale) @ k.transpose(-2, -1)  # (B, h, N', N)

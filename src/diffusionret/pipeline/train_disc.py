@@ -68,8 +68,12 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
     selection = params.eval.selection  # "val" (held out); "test" reproduces the official protocol, tagged as such
     val_ann = load_annotations(paths.annotations(name, selection))
     cache = load_frame_cache(paths.frames(name))
+    # HBI distils from the train_estimator stage's teacher (an error naming the file if missing or untrained)
+    estimator = load_estimator(paths.estimator(name), name) if params.model.head == "hbi" else None
     weights_fingerprint = fingerprint(params.model, settings, bench, {"image_size": params.preprocess.image_size},
-                                      {"selection": params.eval.selection}, exclude=NOT_AFFECTING_WEIGHTS)
+                                      {"selection": params.eval.selection},
+                                      *([{"estimator": estimator[1]}] if estimator else []),
+                                      exclude=NOT_AFFECTING_WEIGHTS)
     state = TrainingState(paths.partial("train_disc", name), weights_fingerprint)
 
     tokenizer = prepare_tokenizer(params.model.backbone, params.model.tokenizer_vocab_size, train_ann.captions,
@@ -87,9 +91,8 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
         head=params.model.head, head_params=params.model.head_params(), frame_feature=params.model.frame_feature,
         frame_grid=params.model.frame_grid, **vocabulary,
     ).to(accelerator.device)
-    if params.model.head == "hbi":  # the frozen Banzhaf teacher of the train_estimator stage (an error if missing)
-        teacher_state, _ = load_estimator(paths.estimator(name), name)
-        extractor.head.load_teacher(teacher_state)
+    if estimator is not None:  # a killed run resumes only with the same estimator (its record is fingerprinted)
+        extractor.head.load_teacher(estimator[0])
     seed_everything(settings.seed * accelerator.num_processes + accelerator.process_index)
     optimizer, scheduler = make_optimizer(settings, extractor, extractor.backbone.clip)
     dataset = CaptionVideoDataset(train_ids, train_mask, np.asarray(train_ann.caption_video),
