@@ -472,16 +472,20 @@ def test_estimator_stage_writes_only_a_note_for_other_heads(tmp_path):
     assert json.loads((tmp_path / "models/synthetic/estimator" / RECORD_FILE).read_text())["needed"] is False
 
 
-def test_train_disc_errors_on_a_missing_estimator(tmp_path, monkeypatch):
-    """train_disc with head hbi stops on the missing estimator (before any training), naming the file and the fix."""
-    from diffusionret.pipeline import train_disc as stage
+def test_train_disc_stops_first_on_a_missing_or_untrained_estimator(tmp_path):
+    """train_disc with head hbi stops before any work (no frames exist here), naming the file and the fix."""
     from diffusionret.pipeline.paths import Paths
+    from diffusionret.pipeline.train_disc import train_disc
 
     params = load_params()
     params = dataclasses.replace(params, model=dataclasses.replace(params.model, head="hbi"))
     paths = Paths(tmp_path, params.data)
-    with pytest.raises(EstimatorMissing, match=str(paths.estimator("synthetic") / RECORD_FILE)):
-        stage.load_estimator(paths.estimator("synthetic"), "synthetic")
+    record = paths.estimator("synthetic") / RECORD_FILE
+    with pytest.raises(EstimatorMissing, match=f"{record} not found.*train_estimator@synthetic"):
+        train_disc("synthetic", params, paths, tmp_path)
+    save_estimator(BanzhafModule(64), paths.estimator("synthetic"), {"trained_steps": 0})
+    with pytest.raises(EstimatorMissing, match="untrained"):
+        train_disc("synthetic", params, paths, tmp_path)
 
 
 # ---------------------------------------------------------------------------------------- params, counts

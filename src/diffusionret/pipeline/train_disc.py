@@ -59,6 +59,8 @@ def validation_r1(extractor: FeatureExtractor, annotations: SplitAnnotations, id
 def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict:
     """Run stage 1 on benchmark `name`; resumable (state under data.partial_root)."""
     bench, settings = params.benchmark(name), params.train
+    # HBI distils from the train_estimator stage's teacher: checked first (an error naming the file and the fix)
+    estimator = load_estimator(paths.estimator(name), name) if params.model.head == "hbi" else None
     accelerator = make_accelerator(settings.precision)
     split = partition(accelerator, settings, "train")
     out_dir, plots_dir = paths.disc_model(name), paths.plots(name)
@@ -68,8 +70,6 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
     selection = params.eval.selection  # "val" (held out); "test" reproduces the official protocol, tagged as such
     val_ann = load_annotations(paths.annotations(name, selection))
     cache = load_frame_cache(paths.frames(name))
-    # HBI distils from the train_estimator stage's teacher (an error naming the file if missing or untrained)
-    estimator = load_estimator(paths.estimator(name), name) if params.model.head == "hbi" else None
     weights_fingerprint = fingerprint(params.model, settings, bench, {"image_size": params.preprocess.image_size},
                                       {"selection": params.eval.selection},
                                       *([{"estimator": estimator[1]}] if estimator else []),
