@@ -319,7 +319,37 @@ def np_official_labels(maps, tm, vm, tw, vw, text_draws, video_draws, multiplier
     return out
 
 
-def test_vectorised_labels_equal_the_official_loop_with_padding():
+def np_textbook_labels(maps, tm, vm, tw, vw, text_draws, video_draws, multiplier):
+    """f(S_t + i, S_v + j) - f(S_t + i, S_v) - f(S_t, S_v + j) + f(S_t, S_v), f the WTI of the sub-map with the
+    weights renormalised over the coalition, one (pair, i, j, draw) at a time."""
+    batch, words, frames = maps.shape
+
+    def f(m, st, sv, b):
+        if st.sum() == 0 or sv.sum() == 0:  # an empty side: every cell is 0
+            return 0.0
+        cells = m * np.outer(st, sv)
+        text_w, video_w = tw[b] * st / (tw[b] * st).sum(), vw[b] * sv / (vw[b] * sv).sum()
+        return (text_w @ cells.max(axis=1) + video_w @ cells.max(axis=0)) / 2
+
+    out = np.zeros_like(maps)
+    for b, i, j in itertools.product(range(batch), range(words), range(frames)):
+        if tm[b, i] == 0 or vm[b, j] == 0:
+            continue  # padded cells: label 0
+        m, total = maps[b] * multiplier, 0.0
+        for n in range(len(text_draws)):
+            st = text_draws[n, i, j] * tm[b]
+            st[i] = 0
+            sv = video_draws[n, i, j] * vm[b]
+            sv[j] = 0
+            sti, svj = st.copy(), sv.copy()
+            sti[i], svj[j] = 1, 1
+            total += f(m, sti, svj, b) - f(m, sti, sv, b) - f(m, st, svj, b) + f(m, st, sv, b)
+        out[b, i, j] = total / len(text_draws) * tm[b, i] * vm[b, j]
+    return out
+
+
+@pytest.mark.parametrize("semantics", ["official", "textbook"])
+def test_vectorised_labels_equal_a_loop_with_padding(semantics):
     generator = torch.Generator().manual_seed(6)
     maps = torch.rand(3, 4, 3, generator=generator, dtype=torch.float64) * 2 - 1
     tm = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]], dtype=torch.float64)
@@ -328,9 +358,10 @@ def test_vectorised_labels_equal_the_official_loop_with_padding():
     tw = torch.softmax(torch.randn(3, 4, generator=generator, dtype=torch.float64).masked_fill(tm == 0, -9e15), -1)
     vw = torch.softmax(torch.randn(3, 3, generator=generator, dtype=torch.float64).masked_fill(vm == 0, -9e15), -1)
     coalitions = draw_coalitions(7, 4, 3, torch.Generator().manual_seed(7))
-    got = banzhaf_labels(maps, tm, vm, tw, vw, coalitions, semantics="official", multiplier=10.0, draw_chunk=3)
-    expected = np_official_labels(maps.numpy(), tm.numpy(), vm.numpy(), tw.numpy(), vw.numpy(),
-                                  coalitions[0].numpy(), coalitions[1].numpy(), 10.0)
+    got = banzhaf_labels(maps, tm, vm, tw, vw, coalitions, semantics=semantics, multiplier=10.0, draw_chunk=3)
+    loop = np_official_labels if semantics == "official" else np_textbook_labels
+    expected = loop(maps.numpy(), tm.numpy(), vm.numpy(), tw.numpy(), vw.numpy(), coalitions[0].numpy(),
+                    coalitions[1].numpy(), 10.0)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-9, atol=1e-9)
     assert np.all(got.numpy()[tm.numpy()[:, :, None] * vm.numpy()[:, None, :] == 0] == 0)
 

@@ -62,8 +62,8 @@ def dpc_knn_clusters(tokens: torch.Tensor, mask: torch.Tensor | None, clusters: 
 
 def merge_clusters(tokens: torch.Tensor, assignment: torch.Tensor, clusters: int, weight: torch.Tensor) -> torch.Tensor:
     """Merged tokens (B, N', D): the weighted mean sum_i w_i x_i / (1e-6 + sum_i w_i) over each cluster's tokens,
-    with `weight` (B, N) >= 0 (exp of the token scores; 0 for padded tokens). The normalising weights carry no
-    gradient through the cluster sums' assignment (it is discrete); gradients reach `tokens` and `weight`."""
+    with `weight` (B, N) >= 0 (exp of the token scores; 0 for padded tokens). The assignment is discrete; gradients
+    reach `tokens` and `weight`."""
     batch, count, width = tokens.shape
     one_hot = F.one_hot(assignment, clusters).to(tokens.dtype)  # (B, N, N')
     totals = torch.einsum("bn,bnk->bk", weight, one_hot) + 1e-6  # (B, N')
@@ -93,8 +93,8 @@ class ClusterMerge(nn.Module):
         if tokens.mask is not None:
             score = score.masked_fill(tokens.mask == 0, float("-inf"))
         clusters = self.clusters(x.shape[1])
-        assignment = dpc_knn_clusters(x, tokens.mask, min(clusters, x.shape[1]), min(self.knn, x.shape[1]),
-                                      self.density_noise)  # (B, N)
+        assignment = dpc_knn_clusters(x, tokens.mask, clusters, min(self.knn, x.shape[1]),
+                                      self.density_noise)  # (B, N); clusters <= N as rate <= 1
         merged = merge_clusters(x, assignment, clusters, score.exp())  # (B, N', D)
         return TokenSet(merged), TokenSet(x, tokens.mask, score)
 
