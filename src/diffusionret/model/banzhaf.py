@@ -113,7 +113,8 @@ def banzhaf_labels(maps: torch.Tensor, text_mask: torch.Tensor, video_mask: torc
     not_j = 1.0 - torch.eye(frames, dtype=dtype, device=device)[None, :, :]  # (1, T(j), T): drop frame j
     only_i = torch.eye(words, dtype=dtype, device=device)[:, None, :]  # (L(i), 1, L)
     only_j = torch.eye(frames, dtype=dtype, device=device)[None, :, :]  # (1, T(j), T)
-    # broadcast layout below: (chunk, B, L(i), T(j), L or T); no (.., L, T) coalition grid is materialised
+    # broadcast layout below: (chunk, B, L(i), T(j), L or T); the four values come from the row and column maxima
+    # of two (chunk, B, L, T, L, T) masked maps per chunk (S_v's rows, S_t's columns), not from a grid per f
     pair_maps = maps[None, :, None, None]  # (1, B, 1, 1, L, T)
     row_j = maps.transpose(1, 2)[None, :, None]  # (1, B, 1, T(j), L): m_lj
     col_i = maps[None, :, :, None]  # (1, B, L(i), 1, T): m_if
