@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusionret.model.heads import SIMILARITY_HEADS, DiCoSAHead, EMCLHead, MeanPoolHead, WTIHead
+from diffusionret.model.heads import SIMILARITY_HEADS, DiCoSAHead, EMCLHead, HBIHead, MeanPoolHead, WTIHead
 
 WIDTH = 6
 
@@ -140,7 +140,8 @@ def test_mean_pool_matches_numpy():
 
 
 def test_registry():
-    assert SIMILARITY_HEADS == {"wti": WTIHead, "meanP": MeanPoolHead, "emcl": EMCLHead, "dicosa": DiCoSAHead}
+    assert SIMILARITY_HEADS == {"wti": WTIHead, "meanP": MeanPoolHead, "emcl": EMCLHead, "dicosa": DiCoSAHead,
+                                "hbi": HBIHead}
 
 
 def test_mean_pool_normalises_frames_before_averaging():
