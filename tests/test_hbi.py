@@ -490,6 +490,46 @@ def test_estimator_round_trip_and_errors(tmp_path):
         assert torch.equal(fresh.state_dict()[key], value)
 
 
+def test_a_killed_estimator_run_resumes_to_the_same_teacher(tmp_path):
+    from diffusionret.config import EstimatorParams
+    from diffusionret.pipeline.train_estimator import fit_teacher
+
+    settings = EstimatorParams(steps=4, global_batch=3, mc_draws=4, draw_chunk=2, checkpoint_every=2, log_every=1)
+
+    def inputs(step: int):  # a pure function of the step, as the stage's batches
+        generator = torch.Generator().manual_seed(step)
+        maps = torch.rand(3, 4, 2, generator=generator)
+        text_mask, video_mask = torch.ones(3, 4), torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+        weights = (torch.softmax(torch.randn(3, 4, generator=generator), -1),
+                   torch.softmax(torch.randn(3, 2, generator=generator), -1))
+        return maps * video_mask[:, None, :], text_mask, video_mask, *weights
+
+    def killed_at_3(step: int):
+        if step == 3:
+            raise KeyboardInterrupt
+        return inputs(step)
+
+    run = dict(steps=4, schedule_steps=4, fingerprint={"run": 1}, label="test")
+    torch.manual_seed(0)
+    straight = BanzhafModule(8)
+    start = {key: value.clone() for key, value in straight.state_dict().items()}
+    loss, rows = fit_teacher(straight, inputs, settings, state_dir=tmp_path / "straight", **run)
+    interrupted = BanzhafModule(8)
+    interrupted.load_state_dict(start)
+    with pytest.raises(KeyboardInterrupt):
+        fit_teacher(interrupted, killed_at_3, settings, state_dir=tmp_path / "killed", **run)
+    torch.manual_seed(99)
+    resumed = BanzhafModule(8)  # other initial weights: the saved state replaces them
+    resumed_loss, resumed_rows = fit_teacher(resumed, inputs, settings, state_dir=tmp_path / "killed", **run)
+    assert resumed_loss == loss and resumed_rows == rows
+    for key, value in straight.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key
+    other = BanzhafModule(8)
+    other.load_state_dict(start)
+    fit_teacher(other, inputs, settings, state_dir=tmp_path / "killed", **{**run, "fingerprint": {"run": 2}})
+    assert torch.equal(other.state_dict()["query"], straight.state_dict()["query"])  # fresh start, same result
+
+
 def test_estimator_stage_writes_only_a_note_for_other_heads(tmp_path):
     from diffusionret.pipeline.paths import Paths
     from diffusionret.pipeline.train_estimator import train_estimator

@@ -270,8 +270,10 @@ class EstimatorParams:
     label_semantics: str = "official"  # official (released labels after the f3 fix) | textbook (Banzhaf interaction)
     seed: int = 42
     log_every: int = 10
+    checkpoint_every: int = 50  # resumable state (a killed run continues from here)
 
     def validate(self, path: str) -> None:
+        _check(self.checkpoint_every >= 1, f"{path}.checkpoint_every", self.checkpoint_every, "an integer >= 1")
         _check((self.steps is None) != (self.epochs is None), f"{path}.steps", self.steps,
                "an integer when epochs is null, null when epochs is set")
         for name in ("steps", "epochs", "schedule_epochs"):

@@ -87,3 +87,53 @@ def load_estimator(directory: Path, benchmark: str) -> tuple[dict[str, torch.Ten
     if not weights_path.is_file():
         raise EstimatorMissing(f"{weights_path} not found (its record {record_path} exists); {fix}")
     return load_file(str(weights_path)), record
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resumable progress (a killed train_estimator run continues from its last checkpoint)
+# ---------------------------------------------------------------------------------------------------
+
+PROGRESS_FILE, PROGRESS_WEIGHTS = "progress.json", "progress.safetensors"
+
+
+def save_progress(directory: Path, teacher: BanzhafModule, optimizer: torch.optim.Optimizer, step: int,
+                  fingerprint: dict, log_rows: list[str]) -> None:
+    """The teacher, the optimiser's moments and the step, through temporary names (a kill never leaves half a
+    state: progress.json, written last, names a complete weights file)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {f"teacher.{key}": value.detach().cpu().contiguous() for key, value in teacher.state_dict().items()}
+    steps = {}
+    for index, parameter in enumerate(teacher.parameters()):
+        state = optimizer.state.get(parameter, {})
+        for name, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                steps[f"{index}.{name}"] = value
+    save_file(tensors, str(directory / f"{PROGRESS_WEIGHTS}.tmp"))
+    (directory / f"{PROGRESS_WEIGHTS}.tmp").replace(directory / PROGRESS_WEIGHTS)
+    progress = {"step": step, "fingerprint": fingerprint, "optimizer_scalars": steps, "log_rows": log_rows}
+    (directory / f"{PROGRESS_FILE}.tmp").write_text(json.dumps(progress) + "\n")
+    (directory / f"{PROGRESS_FILE}.tmp").replace(directory / PROGRESS_FILE)
+
+
+def load_progress(directory: Path, teacher: BanzhafModule, optimizer: torch.optim.Optimizer,
+                  fingerprint: dict) -> tuple[int, list[str]]:
+    """(steps done, log rows) of a saved run with the same fingerprint, its state loaded; (0, []) if none."""
+    path = directory / PROGRESS_FILE
+    if not path.is_file():
+        return 0, []
+    progress = json.loads(path.read_text())
+    if progress["fingerprint"] != json.loads(json.dumps(fingerprint)):
+        return 0, []  # another configuration's run: left where it is, this one starts afresh
+    tensors = load_file(str(directory / PROGRESS_WEIGHTS))
+    teacher.load_state_dict({key[len("teacher."):]: value for key, value in tensors.items()
+                             if key.startswith("teacher.")})
+    for index, parameter in enumerate(teacher.parameters()):
+        state = {name.split(".", 2)[2]: value.to(parameter.device) for name, value in tensors.items()
+                 if name.startswith(f"optimizer.{index}.")}
+        state.update({name.split(".", 1)[1]: value for name, value in progress["optimizer_scalars"].items()
+                      if name.split(".", 1)[0] == str(index)})
+        if state:
+            optimizer.state[parameter] = state
+    return int(progress["step"]), list(progress["log_rows"])

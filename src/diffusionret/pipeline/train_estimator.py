@@ -10,10 +10,11 @@ is needed, in a second.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
-from diffusionret.config import Params
+from diffusionret.config import EstimatorParams, Params
 from diffusionret.pipeline.paths import Paths
 
 
@@ -37,10 +38,9 @@ def _train(name: str, params: Params, paths: Paths, out_dir: Path) -> dict:
     from diffusionret.data.records import load_annotations
     from diffusionret.model.backbone import NAMED_CLIP_CONFIGS, resolve_backbone
     from diffusionret.model.banzhaf import BanzhafModule
-    from diffusionret.model.estimator import estimator_loss, positive_maps, save_estimator
+    from diffusionret.model.estimator import positive_maps, save_estimator
     from diffusionret.model.extractor import build_feature_extractor
     from diffusionret.model.tokenizer import load_tokenizer, tokenize, train_bpe_tokenizer
-    from diffusionret.training.optim import BertAdam, faithful_warmup_cosine_lambda
 
     bench, settings, model = params.benchmark(name), params.estimator, params.model
     annotations = load_annotations(paths.annotations(name, "train"))
@@ -64,35 +64,87 @@ def _train(name: str, params: Params, paths: Paths, out_dir: Path) -> dict:
     per_epoch = max(len(caption_rows) // settings.global_batch, 1)
     steps = settings.steps if settings.steps is not None else settings.epochs * per_epoch
     schedule_steps = settings.schedule_epochs * per_epoch if settings.schedule_epochs else steps
-    optimizer = BertAdam(teacher.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, faithful_warmup_cosine_lambda(schedule_steps, settings.warmup_proportion))
-    draws = np.random.default_rng(settings.seed)
-    labels_rng = torch.Generator().manual_seed(settings.seed)
-    rows, started = ["step,loss,lr,seconds"], time.perf_counter()
-    for step in range(1, steps + 1):
-        batch = draws.choice(len(caption_rows), size=min(settings.global_batch, len(caption_rows)), replace=False)
+
+    def step_inputs(step: int):
+        """The frozen trunk's maps and weights of step `step`'s batch (a pure function of the seed and the step)."""
+        batch = np.random.default_rng([settings.seed, step]).choice(
+            len(caption_rows), size=min(settings.global_batch, len(caption_rows)), replace=False)
         with torch.no_grad():
             text = trunk.encode_text(ids[batch].to(device), mask[batch].to(device))
-            frames = torch.from_numpy(np.asarray(cache.frames[caption_rows[batch]])).to(device)  # (B, T, S, S, 3) uint8
+            frames = torch.from_numpy(np.asarray(cache.frames[caption_rows[batch]])).to(device)  # (B, T, S, S, 3)
             frame_mask = torch.from_numpy(np.asarray(cache.mask[caption_rows[batch]])).long().to(device)  # (B, T)
             video = trunk.encode_video(frames, frame_mask)
             maps, text_weights, video_weights = positive_maps(trunk, text.tokens, text.mask, video.frames, video.mask)
-        loss = estimator_loss(teacher, maps, text.mask, video.mask, text_weights, video_weights,
-                              draws=settings.mc_draws, generator=labels_rng, semantics=settings.label_semantics,
-                              multiplier=settings.logit_multiplier, draw_chunk=settings.draw_chunk)
+        return maps, text.mask, video.mask, text_weights, video_weights
+
+    weights_settings = {key: value for key, value in dataclasses.asdict(settings).items()
+                        if key not in ("log_every", "checkpoint_every", "draw_chunk")}  # no effect on the weights
+    fingerprint = {"estimator": weights_settings, "model": dataclasses.asdict(model),
+                   "benchmark": dataclasses.asdict(bench), "steps": steps, "schedule_steps": schedule_steps}
+    started = time.perf_counter()
+    loss, rows = fit_teacher(teacher, step_inputs, settings, steps=steps, schedule_steps=schedule_steps,
+                             state_dir=paths.partial("train_estimator", name), fingerprint=fingerprint, label=name)
+    record = {"trained_steps": steps, "final_loss": loss, "label_semantics": settings.label_semantics,
+              "mc_draws": settings.mc_draws, "logit_multiplier": settings.logit_multiplier,
+              "banzhaf_planes": model.hbi.banzhaf_planes, "backbone": model.backbone,
+              "max_words": bench.max_words, "max_frames": bench.max_frames,
+              "seconds": round(time.perf_counter() - started, 1)}
+    save_estimator(teacher, out_dir, record)
+    (out_dir / "loss.csv").write_text("\n".join(rows) + "\n")
+    clear_progress(paths.partial("train_estimator", name), fingerprint)  # outputs written: a rerun starts fresh
+    return {"needed": True, **record}
+
+
+def _state_dir(root: Path, fingerprint: dict) -> Path:
+    from diffusionret.training.state import fingerprint_key
+
+    return root / fingerprint_key(fingerprint)
+
+
+def clear_progress(root: Path, fingerprint: dict) -> None:
+    """Remove this configuration's resumable state (other configurations' states stay)."""
+    import shutil
+
+    shutil.rmtree(_state_dir(root, fingerprint), ignore_errors=True)
+
+
+def fit_teacher(teacher, step_inputs, settings: EstimatorParams, *, steps: int, schedule_steps: int, state_dir: Path,
+                fingerprint: dict, label: str) -> tuple[float, list[str]]:
+    """Train `teacher` for `steps` steps on `step_inputs(step)` -> (maps, text mask, video mask, text weights,
+    video weights); BertAdam at lr x the released warm-up cosine of step / schedule_steps (not clamped: it climbs
+    back after schedule_steps), labels drawn from a generator seeded by (seed, step). Every
+    settings.checkpoint_every steps the state is saved under state_dir/<fingerprint key>, and a run with the
+    same fingerprint continues from there. Returns the last loss and the loss-curve rows."""
+    import numpy as np
+    import torch
+
+    from diffusionret.model.estimator import estimator_loss, load_progress, save_progress
+    from diffusionret.training.optim import BertAdam, faithful_warmup_cosine_lambda
+
+    directory = _state_dir(state_dir, fingerprint)
+    optimizer = BertAdam(teacher.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    schedule = faithful_warmup_cosine_lambda(schedule_steps, settings.warmup_proportion)
+    done, rows = load_progress(directory, teacher, optimizer, fingerprint)
+    if done:
+        print(f"train_estimator@{label}: resuming after step {done} ({directory})", flush=True)
+    rows = rows or ["step,loss,lr"]
+    loss_value = float("nan")
+    for step in range(done + 1, steps + 1):
+        maps, text_mask, video_mask, text_weights, video_weights = step_inputs(step)
+        seed = int(np.random.SeedSequence([settings.seed, step]).generate_state(1)[0])
+        loss = estimator_loss(teacher, maps, text_mask, video_mask, text_weights, video_weights,
+                              draws=settings.mc_draws, generator=torch.Generator().manual_seed(seed),
+                              semantics=settings.label_semantics, multiplier=settings.logit_multiplier,
+                              draw_chunk=settings.draw_chunk)
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr * schedule(step - 1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        scheduler.step()
+        loss_value = float(loss.item())
         if step % settings.log_every == 0 or step in (1, steps):
-            rows.append(f"{step},{loss.item():.6g},{scheduler.get_last_lr()[0]:.6g},"
-                        f"{time.perf_counter() - started:.1f}")
-            print(f"train_estimator@{name}: step {step}/{steps} loss {loss.item():.4g}", flush=True)
-    record = {"trained_steps": steps, "final_loss": float(loss.item()), "label_semantics": settings.label_semantics,
-              "mc_draws": settings.mc_draws, "logit_multiplier": settings.logit_multiplier,
-              "banzhaf_planes": model.hbi.banzhaf_planes, "backbone": model.backbone,
-              "max_words": bench.max_words, "max_frames": bench.max_frames, "seconds": time.perf_counter() - started}
-    save_estimator(teacher, out_dir, record)
-    (out_dir / "loss.csv").write_text("\n".join(rows) + "\n")
-    return {"needed": True, **record}
+            rows.append(f"{step},{loss_value:.6g},{settings.lr * schedule(step - 1):.6g}")
+            print(f"train_estimator@{label}: step {step}/{steps} loss {loss_value:.4g}", flush=True)
+        if step % settings.checkpoint_every == 0 and step < steps:
+            save_progress(directory, teacher, optimizer, step, fingerprint, rows)
+    return loss_value, rows
