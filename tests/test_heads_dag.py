@@ -54,7 +54,7 @@ def repository(tmp_path_factory):
 # minutes of the suite's 15.
 # HBI (train_estimator@synthetic before train_disc, three levels and two KL families) is not parametrized here: its
 # whole `dvc exp run -S model.head=hbi` was checked by hand on this tiny config (estimator: 4 steps, batch 16, 8
-# draws; 299 s wall on the loaded 2-core machine, as long as the EMCL case); the lead decides whether it joins the
+# draws: 145 s wall, 299 s under a heavier load of the 2-core machine); the lead decides whether it joins the
 # suite: @pytest.mark.parametrize("head", ["emcl", "hbi"]) with params["estimator"].update(steps=4, global_batch=16,
 # mc_draws=8) in `tiny`, and an hbi branch in the head-weights check (head.teacher.*, head.students.*, ...).
 @pytest.mark.parametrize("head", ["emcl"])
