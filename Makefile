@@ -46,6 +46,16 @@ seeds: $(STAMP)
 	git rev-parse --is-inside-work-tree >/dev/null 2>&1 || (git init -q && git add -A && git -c user.name=diffusionret -c user.email=diffusionret@localhost commit -qm "snapshot")
 	$(VENV)/bin/diffusionret seeds --seeds $(SEEDS) $(ARGS)
 
+# Every similarity head (model.head's choices; HEADS overrides) trained and evaluated with and without re-ranking, one
+# DVC experiment `<head>-seed-<s>` each, then reports/heads.md + reports/heads.json. Resumable, also after a new
+# commit: a head already collected in reports/heads/ is not trained again. SEEDS given on the command line runs each
+# head with those seeds (default: the params' own seed); ARGS passes -S overrides (e.g. ARGS="-S train.steps=450").
+HEADS ?=
+.PHONY: heads
+heads: $(STAMP)
+	git rev-parse --is-inside-work-tree >/dev/null 2>&1 || (git init -q && git add -A && git -c user.name=diffusionret -c user.email=diffusionret@localhost commit -qm "snapshot")
+	$(VENV)/bin/diffusionret heads $(if $(strip $(HEADS)),--heads $(HEADS)) $(if $(filter command line environment,$(origin SEEDS)),--seeds $(SEEDS)) $(ARGS)
+
 # Prints the run table's address first (MLflow 3's home page opens on GenAI traces, not on training runs).
 mlflow-ui: $(STAMP)
 	@echo "runs of the default experiment: $$(diffusionret mlflow-url --base http://127.0.0.1:5000 2>/dev/null)"
