@@ -2,7 +2,6 @@
 (DiCoSA's ActivityNet command), checked against the official values restated here."""
 
 import shutil
-from pathlib import Path
 
 import pytest
 

@@ -80,7 +80,8 @@ def test_runs_resume_after_a_failure_and_a_new_commit_and_never_reuse_a_name(rep
     cell = repo / "out" / "c" / "synthetic__synthetic-shift" / "metrics.json"
     assert json.loads(cell.read_text()) == {"experiment": "c"}
     failed = json.loads((repo / "out" / "b" / "failed.json").read_text())
-    assert failed["experiment"] == "b" and "exit 3" in failed["error"] and not (repo / "out" / "b" / "done.json").exists()
+    assert failed["experiment"] == "b" and "exit 3" in failed["error"]
+    assert not (repo / "out" / "b" / "done.json").exists()
 
     # a new commit, the failure fixed: only the failed run runs again
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "new",

@@ -206,7 +206,8 @@ def summarise_heads(out_dir: Path, runs: list[StudyRun], boot: Bootstrap) -> dic
                                                              .shape[1]) for direction in DIRECTIONS},
                     "qbnorm": next(iter(loaded.values()))[cell]["info"].get("postprocess")}
         heads[head] = record
-    return {"heads": heads, "bootstrap": {"resamples": boot.resamples, "seed": boot.seed, "level": boot.level},
+    return {"heads": heads, "order": list(heads),
+            "bootstrap": {"resamples": boot.resamples, "seed": boot.seed, "level": boot.level},
             "overrides": {run.key: list(run.overrides) for run in runs}}
 
 
