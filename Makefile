@@ -46,6 +46,19 @@ seeds: $(STAMP)
 	git rev-parse --is-inside-work-tree >/dev/null 2>&1 || (git init -q && git add -A && git -c user.name=diffusionret -c user.email=diffusionret@localhost commit -qm "snapshot")
 	$(VENV)/bin/diffusionret seeds --seeds $(SEEDS) $(ARGS)
 
+# Every similarity head (model.head's choices; HEADS overrides) trained and evaluated with and without re-ranking, one
+# DVC experiment `<head>-seed-<s>` each, then reports/heads.md + reports/heads.json. Resumable, also after a new
+# commit: a head already collected in reports/heads/ is not trained again. SEEDS given on the command line runs each
+# head with those seeds (default: the params' own seed); ARGS passes more -S overrides. HEAD_STEPS: half the
+# default's steps in both stages, so that five heads fit 45 minutes on 2 cores (README, "Other systems");
+# HEAD_STEPS= trains each head as long as `make repro`.
+HEADS ?=
+HEAD_STEPS ?= -S train.steps=450 -S train_gen.steps=250
+.PHONY: heads
+heads: $(STAMP)
+	git rev-parse --is-inside-work-tree >/dev/null 2>&1 || (git init -q && git add -A && git -c user.name=diffusionret -c user.email=diffusionret@localhost commit -qm "snapshot")
+	$(VENV)/bin/diffusionret heads $(if $(strip $(HEADS)),--heads $(HEADS)) $(if $(filter command line environment,$(origin SEEDS)),--seeds $(SEEDS)) $(HEAD_STEPS) $(ARGS)
+
 # Prints the run table's address first (MLflow 3's home page opens on GenAI traces, not on training runs).
 mlflow-ui: $(STAMP)
 	@echo "runs of the default experiment: $$(diffusionret mlflow-url --base http://127.0.0.1:5000 2>/dev/null)"

@@ -8,6 +8,8 @@
     diffusionret preset list | show NAME | apply NAME | run NAME [--backbone DIR_OR_HUB_ID] [-S key=value ...]
     diffusionret mlflow-url [--base http://127.0.0.1:5000]   (the run table of the first trained benchmark)
     diffusionret diagnose --trained A --evaluated B [-S key=value ...] [--no-mlflow] [--json]   (synthetic cells)
+    diffusionret seeds --seeds 0 1 2 [-S key=value ...]       (the default over seeds: reports/seeds.md)
+    diffusionret heads [--heads wti emcl ...] [--seeds ...] [-S key=value ...]   (every head: reports/heads.md)
 """
 
 from __future__ import annotations
@@ -358,6 +360,26 @@ def run_seeds_command(args) -> int:
     return 0
 
 
+def run_heads_command(args) -> int:
+    """`diffusionret heads`: one DVC experiment per head and seed (those not yet collected), then the table."""
+    from diffusionret.config import SIMILARITY_HEADS
+    from diffusionret.pipeline import heads as head_study
+    from diffusionret.pipeline.evaluate import bootstrap_settings
+
+    repo = args.params.resolve().parent
+    out = args.out if args.out.is_absolute() else repo / args.out
+    heads = list(args.heads or SIMILARITY_HEADS)
+    if args.summary_only:
+        runs = head_study.head_runs(heads, args.seeds, load_with_overrides(args.params, []), args.overrides,
+                                    repo / head_study.PRESETS_DIR)
+    else:
+        runs = head_study.run_heads(repo, heads, args.seeds, out / "heads", args.overrides, args.params.name)
+    summary = head_study.write_heads_summary(out, runs, bootstrap_settings(load_with_overrides(args.params, [])))
+    states = ", ".join(f"{head} {record['status']}" for head, record in summary["heads"].items())
+    print(f"wrote {out / 'heads.md'} and {out / 'heads.json'} ({states})")
+    return 0 if all(record["status"] == "done" for record in summary["heads"].values()) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="diffusionret", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -406,6 +428,15 @@ def main(argv: list[str] | None = None) -> int:
     seeds.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="more `dvc exp run -S` overrides applied to every seed")
     seeds.add_argument("--summary-only", action="store_true", help="only rebuild the table from reports/seeds/")
+    heads = commands.add_parser("heads", help="train and evaluate every similarity head with and without re-ranking "
+                                              "(one DVC experiment each) and write reports/heads.md and heads.json")
+    heads.add_argument("--heads", nargs="+", help="default: every registered head (model.head's choices)")
+    heads.add_argument("--seeds", type=int, nargs="+", help="default: the params' own seeds, no seed overrides")
+    heads.add_argument("--out", type=Path, default=Path("reports"), help="where heads.md, heads.json, heads/ go")
+    heads.add_argument("--params", type=Path, default=Path("params.yaml"))
+    heads.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="more `dvc exp run -S` overrides applied to every head (e.g. -S train.steps=450)")
+    heads.add_argument("--summary-only", action="store_true", help="only rebuild the table from reports/heads/")
     from diffusionret.search import commands as search_commands  # parsers only; heavy imports on use
 
     search_commands.add_commands(commands)
@@ -433,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_diagnose_command(args)
         elif args.command == "seeds":
             return run_seeds_command(args)
+        elif args.command == "heads":
+            return run_heads_command(args)
         elif args.command == "mlflow-url":
             params = load_with_overrides(args.params, [])
             tracking.configure(params.tracking.tracking_uri, params.tracking.artifact_root,

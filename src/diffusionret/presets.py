@@ -3,7 +3,8 @@
 Files under configs/presets/: `paper.yaml` holds the hyper-parameters every benchmark shares and the backbone
 `variants`; `<benchmark>.yaml` names it as its `base` and adds the benchmark's own settings. A preset name is
 `<benchmark>-<variant>` (msrvtt-9k-vitb32, didemo-vitb16, ...). Its overrides are the merged `params` mappings
-(base first, then the benchmark, then the variant), flattened to dotted keys. `preset run` hands them to
+(base first, then the benchmark, then the variant, then what the benchmark file's own `variants` block sets for
+that variant there, e.g. DiCoSA's ActivityNet schedule), flattened to dotted keys. `preset run` hands them to
 `dvc exp run` as `-S key=value` (DVC writes them into params.yaml, keeping its comments, and runs the
 pipeline); `preset apply` writes them into params.yaml the same way, for a later `dvc repro`.
 
@@ -74,11 +75,22 @@ def load_preset(name: str, directory: Path = PRESETS_DIR) -> dict:
         own = _read(path)
         base = _read(directory / own[BASE_KEY])
         variants = base.get(VARIANTS_KEY, {})
+        stray = sorted(set(own.get(VARIANTS_KEY) or {}) - set(variants))
+        if stray:
+            raise ConfigError(f"{path}: variant `{stray[0]}` is not one of {directory / own[BASE_KEY]}'s variants "
+                              f"({', '.join(variants)}); add it there or fix the name")
         variant = name[len(stem) + 1:]
-        if variant in variants:
-            return merge(merge(base.get(PARAMS_KEY, {}), own.get(PARAMS_KEY, {})), variants[variant])
+        if variant in variants:  # a benchmark's own `variants` block adds what one variant changes there only
+            merged = merge(merge(base.get(PARAMS_KEY, {}), own.get(PARAMS_KEY, {})), variants[variant])
+            return merge(merged, (own.get(VARIANTS_KEY) or {}).get(variant, {}))
     raise ConfigError(f"unknown preset `{name}`; the presets of {directory} are: "
                       f"{', '.join(preset_names(directory))}")
+
+
+def variant_params(variant: str, directory: Path = PRESETS_DIR, base: str = "paper.yaml") -> dict:
+    """What variant `variant` of the base file changes, on every benchmark ({} when the base has no such variant);
+    e.g. variant_params("dicosa")["postprocess"] is DiCoSA's QB-Norm."""
+    return copy.deepcopy(_read(Path(directory) / base).get(VARIANTS_KEY, {}).get(variant) or {})
 
 
 def flatten_overrides(nested: dict, prefix: str = "") -> list[tuple[str, Any]]:

@@ -148,7 +148,7 @@ def describe_cell(trained: str, evaluated: str, cell: CellScores, metrics: dict[
 
 
 def log_runs(trained: str, evaluated: str, cell: CellScores, metrics: dict[str, float], params: Params,
-             parent: dict, out_dir: Path, repo_root: Path) -> dict:
+             parent: dict, out_dir: Path, repo_root: Path, head: str = "") -> dict:
     """One MLflow child run per post-processing (same metric names in each), under `tracking.evaluation_parent`;
     returns {"mlflow_parent": that run's id, "mlflow_runs": postprocess -> run id}."""
     settings, post = params.eval, params.postprocess
@@ -165,7 +165,7 @@ def log_runs(trained: str, evaluated: str, cell: CellScores, metrics: dict[str, 
                 "protocol": "official: checkpoints selected on test" if settings.selection == "test"
                 else "checkpoints selected on val", "num_samples": settings.num_samples,
                 "faithful_msvd_grouping": str(settings.faithful_msvd_grouping).lower(), "split": "test",
-                "seed": params.train.seed,
+                "seed": params.train.seed, "head": head,
                 "dvc_stage": f"evaluate@{trained}-{evaluated}", "git_commit": tracking.git_commit(repo_root)}
         with tracking.start_run(experiment=parent["experiment"], tags=tags, parent_run_id=nest_under,
                                 run_name=f"→ {evaluated} · {postprocess}"):
@@ -226,6 +226,7 @@ def evaluate_cell(trained: str, evaluated: str, params: Params, paths: Paths, re
     parent = tracking.read_run_reference(paths.disc_model(trained) / "mlflow_run.json")
     used = rerank_settings(params, read_metadata(paths.gen_model(trained)))  # the temperature/alpha scored with
     description = describe_cell(trained, evaluated, cell, metrics, params, parent, used)
-    description.update(log_runs(trained, evaluated, cell, metrics, params, parent, out_dir, repo_root))
+    head = read_metadata(paths.disc_model(trained))["model"]["head"]  # the stage-1 head: runs group by it
+    description.update(log_runs(trained, evaluated, cell, metrics, params, parent, out_dir, repo_root, head))
     write_json(out_dir / "cell.json", description)
     return metrics

@@ -8,7 +8,8 @@ the QB-Norm bank subsample and the bootstrap indices stay fixed, so seeds differ
 
 After each experiment the workspace holds its outputs (what `dvc exp run` does); its eval/<cell>/{metrics.json,
 ranks.npz, cell.json} are copied to reports/seeds/seed-<s>/<cell>/ with a done.json naming the experiment, so a
-killed run resumes at the first seed without one. Then reports/seeds.md and reports/seeds.json hold, per cell:
+killed run resumes at the first seed without one (the study machinery of pipeline/study.py, shared with
+`diffusionret heads`). Then reports/seeds.md and reports/seeds.json hold, per cell:
 mean ± std over seeds (sample std) of every headline metric and of each paired difference to stage 1, and the
 POOLED paired CI of each difference: every seed's per-query differences together, resampled within each seed
 (stratified by seed), the pooled statistic weighting seeds by their number of queries (equal here).
@@ -18,9 +19,6 @@ The MLflow runs of every stage carry a `seed` tag (train.seed), so the runs grou
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +28,8 @@ from diffusionret.evaluation.names import DIRECTIONS, HEADLINE_METRICS, ROWS, he
 from diffusionret.evaluation.rows import query_clusters
 from diffusionret.evaluation.uncertainty import (CI_HIGH, CI_LOW, DELTA, Bootstrap, metric_names,
                                                  stratified_paired_difference)
-from diffusionret.pipeline.paths import Paths
+from diffusionret.pipeline.study import StudyRun, run_study, unique_name
 
-CELL_FILES = ("metrics.json", "ranks.npz", "cell.json")
 COMPARISONS = tuple(suffix for suffix in ROWS if suffix)  # every row but stage 1 is compared with stage 1
 
 
@@ -41,39 +38,9 @@ def seed_overrides(seed: int, params: Params) -> list[str]:
     return [f"seed={seed}", f"train.seed={seed}", f"eval.seed={seed * params.eval.num_samples}"]
 
 
-def existing_experiments(repo: Path) -> set[str]:
-    """Names of the DVC experiments already in the repository (refs/exps/.../<name>)."""
-    found = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=repo,
-                           capture_output=True, text=True, check=False).stdout.split()
-    return {ref.rsplit("/", 1)[-1] for ref in found}
-
-
 def experiment_name(seed: int, taken: set[str]) -> str:
     """`seed-<s>`, or `seed-<s>-r<n>` when a DVC experiment of that name exists (an earlier study's is kept)."""
-    name, attempt = f"seed-{seed}", 1
-    while name in taken:
-        attempt += 1
-        name = f"seed-{seed}-r{attempt}"
-    return name
-
-
-def cells(params: Params) -> list[tuple[str, str]]:
-    return [(trained, evaluated) for trained in params.train.benchmarks for evaluated in params.eval.benchmarks]
-
-
-def collect(repo: Path, params: Params, destination: Path, record: dict) -> None:
-    """Copy each cell's metrics.json, ranks.npz and cell.json to destination/<A>__<B>/, then write done.json."""
-    paths = Paths(repo, params.data)
-    for trained, evaluated in cells(params):
-        source = paths.evaluation(trained, evaluated)
-        target = destination / source.name
-        target.mkdir(parents=True, exist_ok=True)
-        for name in CELL_FILES:
-            if not (source / name).is_file():
-                raise FileNotFoundError(f"{source / name} missing after the experiment {record['experiment']}: "
-                                        f"run `dvc exp run` again, or `dvc repro` to see why it was not written")
-            shutil.copy2(source / name, target / name)
-    (destination / "done.json").write_text(json.dumps(record, indent=2) + "\n")
+    return unique_name(f"seed-{seed}", taken)
 
 
 def run_seeds(repo: Path, seeds: list[int], out_dir: Path, extra: list[str] | None = None,
@@ -82,29 +49,11 @@ def run_seeds(repo: Path, seeds: list[int], out_dir: Path, extra: list[str] | No
     per-seed folders in seed order."""
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
-    extra = list(extra or [])
-    env = dict(os.environ)
-    env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{repo / 'mlruns.db'}")  # the repository's own store
     base = load_params(repo / params_file)
-    folders = []
-    for seed in seeds:
-        overrides = seed_overrides(seed, base) + extra
-        folder = out_dir / f"seed-{seed}"
-        done = folder / "done.json"
-        if done.is_file() and json.loads(done.read_text()).get("overrides") == overrides:
-            folders.append(folder)  # collected by an earlier (possibly killed) run of the same study
-            continue
-        name = experiment_name(seed, existing_experiments(repo))
-        command = ["dvc", "exp", "run", "--name", name] + [arg for value in overrides for arg in ("-S", value)]
-        print(f"seed {seed}: {' '.join(command)}", flush=True)
-        result = subprocess.run(command, cwd=repo, env=env)
-        if result.returncode != 0:
-            raise RuntimeError(f"`{' '.join(command)}` failed (exit {result.returncode}); fix the error above and "
-                               f"re-run: seeds already collected in {out_dir} are kept")
-        collect(repo, load_params(repo / params_file), folder,
-                {"seed": seed, "experiment": name, "overrides": overrides})
-        folders.append(folder)
-    return folders
+    runs = [StudyRun(key=f"seed-{seed}", overrides=tuple(seed_overrides(seed, base) + list(extra or [])),
+                     record={"seed": seed}) for seed in seeds]
+    folders = run_study(repo, runs, out_dir, params_file)
+    return [folders[run.key] for run in runs]
 
 
 def load_seed(folder: Path) -> dict[str, dict]:

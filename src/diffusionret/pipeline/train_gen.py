@@ -141,7 +141,7 @@ def train_gen(name: str, params: Params, paths: Paths, repo_root: Path) -> dict:
     train_features = load_split_features(features_dir, "train", params.data.features_loading)
     val_features = load_split_features(features_dir, params.eval.selection,  # "test" only for the official protocol
                                        params.data.features_loading)
-    extractor, _ = load_extractor(paths.disc_model(name))
+    extractor, disc_meta = load_extractor(paths.disc_model(name))
     extractor.requires_grad_(False)
     extractor.to(accelerator.device)
     keys = video_keys(train_features.annotations)
@@ -198,6 +198,7 @@ def train_gen(name: str, params: Params, paths: Paths, repo_root: Path) -> dict:
     parent = tracking.read_run_reference(paths.disc_model(name) / "mlflow_run.json")
     logger = RunLogger(accelerator, params, repo_root, experiment=name, run_name=f"{name}/gen",
                        tags={"stage": "gen", "benchmark": name, "seed": params.train.seed,
+                             "head": disc_meta["model"]["head"],  # runs group by the stage-1 head
                              "world_size": accelerator.num_processes, "global_batch": settings.global_batch,
                              "per_device_batch": settings.global_batch // accelerator.num_processes,
                              "micro_batches": split.micro_batches, "diffusion_steps": params.diffusion.steps,
