@@ -225,6 +225,25 @@ def test_report_section_prints_values_with_their_chance_levels():
     assert "67.5 / 32.6 / 100.0" in section and "13.0 / 12.0 (6.2)" in section
 
 
+def test_report_section_names_the_ci_level_the_cells_were_bootstrapped_with():
+    from diffusionret.report.diagnostics import diagnostics_section
+
+    metrics = {"t2v_generator/R1_delta": -1.5, "t2v_generator/R1_delta_ci_low": -4.0,
+               "t2v_generator/R1_delta_ci_high": 1.0}
+
+    def header(found):
+        section = diagnostics_section(found)
+        return next(line for line in section.splitlines() if "generator − stage 1 [" in line)
+
+    cell = {"skipped": None, "metrics": metrics, "k": 32, "noise_steps": [0]}
+    assert "[90% CI, paired]" in header({"A → B": {**cell, "bootstrap": {"level": 0.9}}})
+    assert "95%" not in header({"A → B": {**cell, "bootstrap": {"level": 0.9}}})
+    assert "[99.5% CI, paired]" in header({"A → B": {**cell, "bootstrap": {"level": 0.995}}})
+    both = header({"A → B": {**cell, "bootstrap": {"level": 0.95}}, "A → C": {**cell, "bootstrap": {"level": 0.8}}})
+    assert "[80% / 95% CI, paired]" in both
+    assert "[CI, paired]" in header({"A → B": cell})  # a diagnostics.json that does not say: no level invented
+
+
 def test_cli_diagnose_skips_a_real_benchmark(tmp_path, capsys):
     import shutil
     from pathlib import Path
