@@ -93,6 +93,17 @@ def test_generator_vs_stage1_by_hand():
     assert found["p_top_tied"] == 0.0
 
 
+def test_generator_vs_stage1_counts_tied_tops_in_expectation():
+    positives = np.array([[True, False, False, False], [False, True, True, False], [False, False, False, True]])
+    stage1 = np.array([[0.9, 0.9, 0.1, 0.0], [0.5, 0.5, 0.5, 0.5], [0.9, 0.8, 0.7, 0.6]])
+    p = np.array([[0.4, 0.4, 0.1, 0.1], [0.3, 0.3, 0.3, 0.1], [0.3, 0.2, 0.2, 0.3]])
+    found = generator_vs_stage1(p, stage1, positives, np.random.default_rng(0))
+    # by hand, a uniform pick among each row's tied maxima: generator 1/2, 2/3, 1/2; stage 1 1/2, 2/4, 0
+    assert found["generator_R1"] == pytest.approx(100 * (1 / 2 + 2 / 3 + 1 / 2) / 3)
+    assert found["stage1_R1"] == pytest.approx(100 * (1 / 2 + 2 / 4 + 0) / 3)
+    assert found["p_top_tied"] == 100.0
+
+
 def test_generator_rank_with_a_uniform_p_is_random_not_stage1_order():
     k, queries = 8, 4000
     positives = np.zeros((queries, k), bool)
