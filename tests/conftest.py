@@ -70,6 +70,10 @@ def pytest_collection_modifyitems(config, items):
         config.stash[_DESELECTED_SHARED] = len(shared)
         if hasattr(config, "workeroutput"):  # a pytest-xdist worker (`make test`): tell the controller
             config.workeroutput["shared_deselected"] = len(shared)
+    if hasattr(config, "workerinput"):
+        # pytest-xdist hands out whole files in the order of their first test: the files with `slow` tests (minutes
+        # each) first, so the two workers start on them and the many short files fill in at the end
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the order otherwise kept
 
 
 _DESELECTED_SHARED = pytest.StashKey[int]()
