@@ -30,8 +30,13 @@ repro: $(STAMP)
 	time dvc repro
 	dvc metrics show
 
+# Two test files at a time (pytest-xdist, one per core; a file's tests stay in one worker, so its module fixtures
+# are built once), each worker's torch on one thread; files with `slow` tests go first (tests/conftest.py: the
+# minutes-long ones start at once, the short ones fill in; --no-loadscope-reorder keeps that order).
+# TEST_WORKERS=0 runs everything in one process, one after the other.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 # fault injection (bad downloads, full disk, bad annotations, killed runs): a table and totals, 0 files lost
 faults: $(STAMP)

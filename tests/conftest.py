@@ -68,11 +68,33 @@ def pytest_collection_modifyitems(config, items):
         deselected = {id(item) for item in shared}
         items[:] = [item for item in items if id(item) not in deselected]
         config.stash[_DESELECTED_SHARED] = len(shared)
+        if hasattr(config, "workeroutput"):  # a pytest-xdist worker (`make test`): tell the controller
+            config.workeroutput["shared_deselected"] = len(shared)
+    if hasattr(config, "workerinput"):
+        # pytest-xdist hands out whole files in the order of their first test: the files with `slow` tests (minutes
+        # each) first, so the two workers start on them and the many short files fill in at the end
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the order otherwise kept
 
 
 _DESELECTED_SHARED = pytest.StashKey[int]()
+_WORKERS_DESELECTED_SHARED = pytest.StashKey[int]()
 
 
 def pytest_report_collectionfinish(config, start_path, items):
     count = config.stash.get(_DESELECTED_SHARED, 0)
     return [SHARED_NOTICE.format(count=count, root=SHARED_ROOT)] if count else []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """pytest-xdist controller: a worker collected (and deselected) for itself; keep its count for the summary."""
+    count = getattr(node, "workeroutput", {}).get("shared_deselected", 0)
+    config = node.config
+    config.stash[_WORKERS_DESELECTED_SHARED] = max(config.stash.get(_WORKERS_DESELECTED_SHARED, 0), count)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Under pytest-xdist the workers collect, so the notice comes at the end (every worker collects all tests)."""
+    count = config.stash.get(_WORKERS_DESELECTED_SHARED, 0)
+    if count:
+        terminalreporter.write_line(SHARED_NOTICE.format(count=count, root=SHARED_ROOT))

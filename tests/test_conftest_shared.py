@@ -31,6 +31,15 @@ def test_missing_shared_folder_deselects_with_notice(session, monkeypatch, tmp_p
     result.stdout.fnmatch_lines([f"1 tests marked `shared` deselected*{missing}, which is missing*"])
 
 
+def test_missing_shared_folder_gives_the_notice_under_xdist_too(session, monkeypatch, tmp_path):
+    """`make test` runs two xdist workers; they collect, so the controller prints the notice in the summary."""
+    missing = tmp_path / "no-such-shared"
+    monkeypatch.setenv("DIFFUSIONRET_SHARED_ROOT", str(missing))
+    result = session.runpytest_subprocess("-q", "-p", "xdist", "-n", "2")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"1 tests marked `shared` deselected*{missing}, which is missing*"])
+
+
 def test_existing_shared_folder_runs_them(session, monkeypatch, tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir()

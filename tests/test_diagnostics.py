@@ -93,6 +93,17 @@ def test_generator_vs_stage1_by_hand():
     assert found["p_top_tied"] == 0.0
 
 
+def test_generator_vs_stage1_counts_tied_tops_in_expectation():
+    positives = np.array([[True, False, False, False], [False, True, True, False], [False, False, False, True]])
+    stage1 = np.array([[0.9, 0.9, 0.1, 0.0], [0.5, 0.5, 0.5, 0.5], [0.9, 0.8, 0.7, 0.6]])
+    p = np.array([[0.4, 0.4, 0.1, 0.1], [0.3, 0.3, 0.3, 0.1], [0.3, 0.2, 0.2, 0.3]])
+    found = generator_vs_stage1(p, stage1, positives, np.random.default_rng(0))
+    # by hand, a uniform pick among each row's tied maxima: generator 1/2, 2/3, 1/2; stage 1 1/2, 2/4, 0
+    assert found["generator_R1"] == pytest.approx(100 * (1 / 2 + 2 / 3 + 1 / 2) / 3)
+    assert found["stage1_R1"] == pytest.approx(100 * (1 / 2 + 2 / 4 + 0) / 3)
+    assert found["p_top_tied"] == 100.0
+
+
 def test_generator_rank_with_a_uniform_p_is_random_not_stage1_order():
     k, queries = 8, 4000
     positives = np.zeros((queries, k), bool)
@@ -223,6 +234,25 @@ def test_report_section_prints_values_with_their_chance_levels():
     assert "11.0 (6.2)" in section and "12.5 (6.2)" in section  # stage 1 and re-ranked, chance in parentheses
     assert "3.5 (3.0–4.0)" in section and "0.0329 (0.0312)" in section
     assert "67.5 / 32.6 / 100.0" in section and "13.0 / 12.0 (6.2)" in section
+
+
+def test_report_section_names_the_ci_level_the_cells_were_bootstrapped_with():
+    from diffusionret.report.diagnostics import diagnostics_section
+
+    metrics = {"t2v_generator/R1_delta": -1.5, "t2v_generator/R1_delta_ci_low": -4.0,
+               "t2v_generator/R1_delta_ci_high": 1.0}
+
+    def header(found):
+        section = diagnostics_section(found)
+        return next(line for line in section.splitlines() if "generator − stage 1 [" in line)
+
+    cell = {"skipped": None, "metrics": metrics, "k": 32, "noise_steps": [0]}
+    assert "[90% CI, paired]" in header({"A → B": {**cell, "bootstrap": {"level": 0.9}}})
+    assert "95%" not in header({"A → B": {**cell, "bootstrap": {"level": 0.9}}})
+    assert "[99.5% CI, paired]" in header({"A → B": {**cell, "bootstrap": {"level": 0.995}}})
+    both = header({"A → B": {**cell, "bootstrap": {"level": 0.95}}, "A → C": {**cell, "bootstrap": {"level": 0.8}}})
+    assert "[80% / 95% CI, paired]" in both
+    assert "[CI, paired]" in header({"A → B": cell})  # a diagnostics.json that does not say: no level invented
 
 
 def test_cli_diagnose_skips_a_real_benchmark(tmp_path, capsys):

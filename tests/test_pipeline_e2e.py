@@ -189,6 +189,10 @@ def test_report_has_every_table_filled_from_the_runs(pipeline):
     delta_row = next(line for line in differences.split("\n\n")[0].splitlines() if line.startswith("| + diffusion"))
     assert delta_row.split("|")[2].strip().strip("*").startswith(f"{metrics['t2v_rerank/R1_delta']:+.1f} [")
     assert "Shift: this cell minus in-distribution" in text and "unpaired" in text
+    level = yaml.safe_load((work / "params.yaml").read_text())["eval"]["ci_level"]
+    for cell in CELLS:  # the diagnose stage records the level of its paired CI; the report's header names it
+        assert json.loads((work / "eval" / cell / "diagnostics.json").read_text())["bootstrap"]["level"] == level
+    assert f"generator − stage 1 [{100 * level:g}% CI, paired]" in text.split("## Diagnostics", 1)[1]
     detection = text.split("## Out-of-distribution query detection", 1)[1].split("\nt2v:\n\n", 1)[1]
     detection = detection.split("\n\n")[0].splitlines()
     assert len(detection) == 2 + len(OOD_SCORE_NAMES) + 1  # header, rule, one row per score, random abstention

@@ -144,6 +144,21 @@ def test_generator_top1_hits_breaks_ties_at_random_in_expectation():
     assert np.allclose(hits, [1 / 3, 1, 0, 0])
 
 
+def test_top1_hits_with_several_positives_matches_a_simulated_random_tie_break():
+    from diffusionret.evaluation.within_topk import top1_hits
+
+    rng = np.random.default_rng(3)
+    values = rng.integers(0, 3, (200, 6)).astype(float)  # many ties at the top
+    positives = rng.random((200, 6)) < 0.3
+    simulated = np.zeros(200)
+    for _ in range(4000):
+        winner = (values + 1e-6 * rng.random(values.shape)).argmax(axis=1)
+        simulated += positives[np.arange(200), winner]
+    assert np.allclose(top1_hits(values, positives), simulated / 4000, atol=0.04)
+    with pytest.raises(ValueError, match="must both be"):
+        top1_hits(values, positives[:, :3])
+
+
 def test_direction_targets():
     caption_video = np.array([2, 0, 1])
     assert direction_targets(caption_video, 3, "t2v").tolist() == [2, 0, 1]

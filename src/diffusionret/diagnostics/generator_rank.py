@@ -13,12 +13,14 @@ import numpy as np
 
 from diffusionret.diagnostics.ranking import best_positive_rank, descending_order
 from diffusionret.evaluation.uncertainty import Bootstrap, paired_difference
+from diffusionret.evaluation.within_topk import top1_hits
 
 
-def rank_summary(ranks: np.ndarray, prefix: str) -> dict:
-    """R@1 (% of all queries) and mean 1-based rank (over queries with a true candidate in the list)."""
+def rank_summary(values: np.ndarray, positives: np.ndarray, ranks: np.ndarray, prefix: str) -> dict:
+    """R@1 (% of all queries; ties at the top counted in expectation, `within_topk.top1_hits`, the metric that
+    selects stage-2 checkpoints) and mean 1-based rank (one random tie-break; over queries with a true candidate)."""
     found = ranks > 0
-    return {f"{prefix}_R1": 100.0 * float(np.mean(ranks == 1)),
+    return {f"{prefix}_R1": 100.0 * float(top1_hits(values, positives).mean()),
             f"{prefix}_mean_rank": float(ranks[found].mean()) if found.any() else float("nan")}
 
 
@@ -27,7 +29,9 @@ def generator_vs_stage1(probabilities: np.ndarray, stage1_topk: np.ndarray, posi
     """Generator-only and stage-1 rankings of the same top-k lists.
 
     probabilities: (Q, k) p of each query's top-k; stage1_topk: (Q, k) stage-1 scores of the same candidates;
-    positives_topk: (Q, k) bool, true candidates. R@1 counts a query without a true candidate in its top-k as a miss.
+    positives_topk: (Q, k) bool, true candidates. R@1 counts a query without a true candidate in its top-k as a miss
+    and ties at the top in expectation (exactly, as the stage-2 selection metric); mean ranks and the per-query ranks
+    appended to `ranks` (the paired CI of `generator_minus_stage1`) break ties with one random draw of `rng`.
     Also: `true_in_topk` (%), `p_max` (mean over queries of max p), `p_entropy` (mean entropy, nats) beside
     `p_entropy_uniform` = ln k, and `p_top_tied` (% of queries whose largest p is shared: ties decided at random).
     """
@@ -38,7 +42,8 @@ def generator_vs_stage1(probabilities: np.ndarray, stage1_topk: np.ndarray, posi
         ranks.append((generator, stage1))
     top = probabilities.max(axis=1, keepdims=True)
     entropy = -(probabilities * np.log(np.clip(probabilities, 1e-30, None))).sum(axis=1)
-    return {**rank_summary(generator, "generator"), **rank_summary(stage1, "stage1"),
+    return {**rank_summary(probabilities, positives_topk, generator, "generator"),
+            **rank_summary(stage1_topk, positives_topk, stage1, "stage1"),
             "true_in_topk": 100.0 * float(np.mean(generator > 0)),
             "p_max": float(top.mean()), "p_entropy": float(entropy.mean()),
             "p_entropy_uniform": math.log(probabilities.shape[1]),

@@ -13,6 +13,16 @@ import numpy as np
 import torch
 
 
+def top1_hits(values: np.ndarray, positives: np.ndarray) -> np.ndarray:
+    """(Q,) expected top-1 hit per row of values (Q, k), ties at the row's maximum broken at random: the share of
+    the tied candidates that are positive (positives (Q, k) bool); 0 for a row without a positive among them."""
+    values, positives = np.asarray(values, dtype=np.float64), np.asarray(positives, dtype=bool)
+    if values.shape != positives.shape or values.ndim != 2:
+        raise ValueError(f"top1_hits: values {values.shape} and positives {positives.shape} must both be (Q, k)")
+    at_max = values == values.max(axis=1, keepdims=True)  # (Q, k) the candidates a random tie-break picks from
+    return (at_max & positives).sum(axis=1) / at_max.sum(axis=1)
+
+
 def generator_top1_hits(x0_hat: torch.Tensor | np.ndarray, topk_indices: torch.Tensor | np.ndarray,
                         targets: np.ndarray) -> np.ndarray:
     """(Q,) expected top-1 hit per query: x0_hat (Q, k) over the candidates topk_indices (Q, k), targets (Q,)."""
@@ -21,12 +31,7 @@ def generator_top1_hits(x0_hat: torch.Tensor | np.ndarray, topk_indices: torch.T
     if x0_hat.shape != topk.shape or targets.shape != (x0_hat.shape[0],):
         raise ValueError(f"generator_top1_hits: x0_hat {x0_hat.shape}, topk {topk.shape} and targets {targets.shape} "
                          "must be (Q, k), (Q, k) and (Q,)")
-    match = topk == targets[:, None]  # (Q, k)
-    present = match.any(axis=1)
-    value = x0_hat[np.arange(len(targets)), match.argmax(axis=1)]  # the target's x0_hat (garbage when absent)
-    above = (x0_hat > value[:, None]).sum(axis=1)
-    tied = (x0_hat == value[:, None]).sum(axis=1)  # the target itself included
-    return np.where(present & (above == 0), 1.0 / np.maximum(tied, 1), 0.0)
+    return top1_hits(x0_hat, topk == targets[:, None])
 
 
 def direction_targets(caption_video: np.ndarray, num_videos: int, direction: str) -> np.ndarray:

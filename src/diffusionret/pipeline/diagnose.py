@@ -228,6 +228,8 @@ def diagnose_cell(trained: str, evaluated: str, params: Params, paths: Paths) ->
     return {"trained": trained, "evaluated": evaluated, "skipped": None, "probes_note": probes_note,
             "queries": {"t2v": test.annotations.num_captions, "v2t": test.annotations.num_videos},
             "k": rerank.k, "draws": len(rerank.seeds), "noise_steps": common["steps"],
+            "bootstrap": {"resamples": settings.bootstrap_resamples, "seed": settings.bootstrap_seed,
+                          "level": settings.ci_level},
             "features": FEATURES, **timings,
             "metrics": metrics}
 

@@ -62,7 +62,14 @@ def composition_table(cells: list[tuple[str, dict]], k: dict[str, int]) -> list[
                    "R@1 expected with perfect colour+shape, random motion"], rows)
 
 
-def generator_table(cells: list[tuple[str, dict]]) -> list[str]:
+def ci_label(levels: list[float | None]) -> str:
+    """"95% CI" from the cells' eval.ci_level (diagnostics.json's `bootstrap.level`); levels that differ between
+    cells are all named ("90% / 95% CI"); a file written without the level gives plain "CI"."""
+    known = sorted({level for level in levels if level is not None})
+    return " / ".join(f"{100 * level:g}%" for level in known) + " CI" if known else "CI"
+
+
+def generator_table(cells: list[tuple[str, dict]], levels: list[float | None]) -> list[str]:
     rows = []
     for name, m in cells:
         for direction in DIRECTIONS:
@@ -75,7 +82,7 @@ def generator_table(cells: list[tuple[str, dict]]) -> list[str]:
                          f"{_number(m.get(p + 'p_entropy'), 3)} ({_number(m.get(p + 'p_entropy_uniform'), 3)})",
                          _number(m.get(p + "p_top_tied"))])
     return _table(["cell", "dir", "generator-only R@1 in top-k (draws)", "stage-1 R@1 in the same top-k",
-                   "generator − stage 1 [95% CI, paired]",
+                   f"generator − stage 1 [{ci_label(levels)}, paired]",
                    "true's mean rank, generator", "… stage 1", "max p (1/k)", "entropy of p (ln k)",
                    "% queries whose max p is tied"], rows)
 
@@ -123,7 +130,7 @@ def diagnostics_section(found: dict[str, dict | None]) -> str:
              "`diagnostics/...` metrics of the cell's evaluation run; `diffusionret diagnose --trained A --evaluated "
              "B` runs one cell). Each video's colour, shape and motion come from the generator's meanings.json; every "
              "order breaks ties at random. Chance levels in parentheses.", ""]
-    cells, k, steps = [], {}, []
+    cells, k, steps, levels = [], {}, [], []
     for name, result in found.items():
         if result is None:
             lines.append(f"- {name}: no diagnostics.json; run `dvc repro` (stage `diagnose`).")
@@ -132,6 +139,7 @@ def diagnostics_section(found: dict[str, dict | None]) -> str:
         else:
             cells.append((name, result["metrics"]))
             k[name] = result.get("k")
+            levels.append((result.get("bootstrap") or {}).get("level"))  # eval.ci_level of the paired CI
             steps = sorted(set(steps) | set(result.get("noise_steps", [])))
             if result.get("probes_note"):
                 lines.append(f"- {name}: {result['probes_note']}.")
@@ -149,7 +157,7 @@ def diagnostics_section(found: dict[str, dict | None]) -> str:
               "at random, never by stage-1 order) beside stage 1's order of the same lists; R@1 counts a query "
               "whose true item is outside the top-k as a miss, mean ranks are over the others. A flat p (max near "
               "1/k, entropy near ln k) adds nearly the same to every candidate and leaves stage 1's order.", ""]
-    lines += generator_table(cells)
+    lines += generator_table(cells, levels)
     lines += ["**Top-1 accuracy of x0_hat by noise level**, % of lists: x0 (1 at the true item) noised to x_t "
               "with the trained schedule; `own / shuffled / x_t` = the denoiser with the list's own query, with "
               "another list's query, and argmax x_t itself. Near x_t's accuracy at low t and no drop when the query "
