@@ -84,6 +84,7 @@ class SyntheticParams:
     image_size: int = 64  # pixels of the generated videos
     fps: int = 8  # frame rate of the generated videos
     captions_per_eval_video: int = 5  # val/test captions per video, each from a different template (multi-caption)
+    amplitude: tuple[float, ...] = (0.25, 0.35)  # [low, high]: path leg / frame side, uniform per video
 
     def validate(self, path: str) -> None:
         _in(f"{path}.shift", self.shift, SYNTHETIC_SHIFTS)
@@ -94,6 +95,8 @@ class SyntheticParams:
         _check(self.num_test >= 2, f"{path}.num_test", self.num_test, "an integer >= 2")
         _check(self.image_size >= 16, f"{path}.image_size", self.image_size, "an integer >= 16")
         _check(self.fps >= 1, f"{path}.fps", self.fps, "an integer >= 1")
+        _check(len(self.amplitude) == 2 and 0 < self.amplitude[0] <= self.amplitude[1] <= 0.7, f"{path}.amplitude",
+               list(self.amplitude), "[low, high] with 0 < low <= high <= 0.7 (fractions of the frame side)")
 
 
 @dataclass(frozen=True)
