@@ -332,6 +332,7 @@ class TrainParams(StageTrainParams):
     neighbour_group: int = 8  # captions per group: an anchor and group - 1 of its text neighbours
     neighbour_pool: int = 16  # nearest captions an anchor's group is drawn from
     neighbour_share: float = 1.0  # fraction of the batch in neighbour groups; the rest are random captions
+    neighbour_from_step: int = 0  # neighbours: random batches before this step (a warm-up), neighbour batches from it
 
     def validate(self, path: str) -> None:
         super().validate(path)
@@ -340,6 +341,8 @@ class TrainParams(StageTrainParams):
         _check(2 <= self.neighbour_group <= largest, f"{path}.neighbour_group", self.neighbour_group,
                f"an integer in [2, global_batch = {self.global_batch}] (with batch_sampler neighbours)")
         _check(0 < self.neighbour_share <= 1, f"{path}.neighbour_share", self.neighbour_share, "a number in (0, 1]")
+        _check(self.neighbour_from_step >= 0, f"{path}.neighbour_from_step", self.neighbour_from_step,
+               "an integer >= 0 (the first step drawn from neighbour groups)")
         _check(self.neighbour_pool >= self.neighbour_group - 1, f"{path}.neighbour_pool", self.neighbour_pool,
                f"an integer >= neighbour_group - 1 = {self.neighbour_group - 1}")
         _check(self.accelerate_config.endswith((".yaml", ".yml")), f"{path}.accelerate_config",

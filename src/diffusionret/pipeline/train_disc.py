@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from diffusionret import tracking
 from diffusionret.config import Params, batches_per_epoch, resolve_schedule
-from diffusionret.data.batches import StepBatchSampler
+from diffusionret.data.batches import StepBatchSampler, global_batch_indices
 from diffusionret.data.datasets import CaptionVideoDataset
 from diffusionret.data.frames import FrameCache, load_frame_cache
 from diffusionret.data.neighbours import caption_neighbours, neighbour_batch_indices
@@ -98,6 +98,8 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
         caption_video = np.asarray(train_ann.caption_video)
 
         def draw(step: int) -> np.ndarray:
+            if step < settings.neighbour_from_step:  # warm-up on random batches
+                return global_batch_indices(len(dataset), settings.global_batch, settings.seed, step)
             return neighbour_batch_indices(neighbours, caption_video, settings.global_batch,
                                            settings.neighbour_group, settings.seed, step, settings.neighbour_share)
 
