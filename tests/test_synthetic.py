@@ -136,8 +136,9 @@ def shape_track(frames: np.ndarray) -> np.ndarray:
     return np.array(track)
 
 
-def test_rendered_motion_matches_meaning(tmp_path):
-    out = generate(tmp_path / "m", num_train=0, num_val=0, num_test=24)
+@pytest.mark.parametrize("amplitude", [(0.25, 0.35), (0.7, 0.7)])  # the original benchmark and the default
+def test_rendered_motion_matches_meaning(tmp_path, amplitude):
+    out = generate(tmp_path / "m", num_train=0, num_val=0, num_test=24, amplitude=amplitude)
     meanings = json.loads((out / "meanings.json").read_text())
     for video_id, m in meanings.items():
         track = shape_track(all_frames(out / "videos" / f"{video_id}.mp4"))
