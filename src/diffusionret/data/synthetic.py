@@ -2,7 +2,9 @@
 
 Every video shows one shape (6 colours x 4 shapes) moving along one of 16 motions on a dark background:
 4 single directions, 8 "A then B" paths at right angles (telling "left, then up" from "up, then left" needs
-temporal order) and 4 back-and-forth paths. That is 6 x 4 x 16 = 384 caption meanings. Videos are 64 px,
+temporal order) and 4 back-and-forth paths. That is 6 x 4 x 16 = 384 caption meanings. Each leg of a path
+is `amplitude` x the frame side (the original benchmark: 0.25-0.35, about one encoder patch; at 0.7 a path
+crosses the frame, so motions also differ in start and end position). Videos are 64 px,
 8 fps, 2-4 s long. Val and test meanings are drawn without replacement, so no two videos of one of those
 splits share a meaning (a duplicate would cap R@1); train videos may repeat meanings. Each val/test video has
 `captions_per_eval_video` captions, each from a different template (5 templates per set: 1000 t2v queries on
