@@ -282,3 +282,13 @@ def test_amplitude_sets_how_far_a_shape_travels(amplitude):
         for (_, factor), distance in zip(legs, travelled):
             assert abs(distance - factor * amplitude[0] * side) <= 1.5, (motion, amplitude, distance)
 
+
+
+@pytest.mark.parametrize("shape_size, side_px", [((0.25, 0.25), 16), ((0.4, 0.4), 25)])
+def test_shape_size_sets_the_drawn_square(shape_size, side_px):
+    """A square of shape_size x 64 px (floored) fills exactly side_px^2 pixels of every frame."""
+    frames = synthetic.render_video(("white", "square", "left"), [4], textured=False, image_size=64, fps=8,
+                                    shape_size=shape_size)
+    for frame in frames.astype(int):
+        background = np.median(frame.reshape(-1, 3), axis=0)
+        assert int((np.abs(frame - background).sum(-1) > 90).sum()) == side_px ** 2

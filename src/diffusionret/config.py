@@ -86,6 +86,7 @@ class SyntheticParams:
     captions_per_eval_video: int = 5  # val/test captions per video, each from a different template (multi-caption)
     amplitude: tuple[float, ...] = (0.7, 0.7)  # [low, high]: path leg / frame side, uniform per video
     # (the original benchmark: [0.25, 0.35]; at 0.7 a path crosses the frame and motion survives the encoder)
+    shape_size: tuple[float, ...] = ()  # [low, high]: shape side / frame side; [] = side // 6 to side // 4 (original)
 
     def validate(self, path: str) -> None:
         _in(f"{path}.shift", self.shift, SYNTHETIC_SHIFTS)
@@ -98,6 +99,9 @@ class SyntheticParams:
         _check(self.fps >= 1, f"{path}.fps", self.fps, "an integer >= 1")
         _check(len(self.amplitude) == 2 and 0 < self.amplitude[0] <= self.amplitude[1] <= 0.7, f"{path}.amplitude",
                list(self.amplitude), "[low, high] with 0 < low <= high <= 0.7 (fractions of the frame side)")
+        _check(len(self.shape_size) == 0 or (len(self.shape_size) == 2 and 0.05 <= self.shape_size[0]
+                                             <= self.shape_size[1] <= 0.5), f"{path}.shape_size",
+               list(self.shape_size), "[] (the original sizes) or [low, high] with 0.05 <= low <= high <= 0.5")
 
 
 @dataclass(frozen=True)

@@ -174,16 +174,21 @@ def textured_background(size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def render_video(meaning: tuple[str, str, str], video_seed: list[int], *, textured: bool,
-                 image_size: int, fps: int, amplitude: tuple[float, float] = DEFAULT_AMPLITUDE) -> np.ndarray:
+                 image_size: int, fps: int, amplitude: tuple[float, float] = DEFAULT_AMPLITUDE,
+                 shape_size: tuple[float, float] | None = None) -> np.ndarray:
     """Draw one clip: uint8 (T, S, S, 3) frames of one moving shape.
 
     `amplitude` (low, high): each leg of the path, as a fraction of the frame side, drawn uniformly per video
-    (a single-direction path goes 1.4 times as far); positions are clipped to the frame.
+    (a single-direction path goes 1.4 times as far); positions are clipped to the frame. `shape_size` (low, high):
+    the shape's side as a fraction of the frame side, an integer number of pixels drawn uniformly per video
+    (None: side // 6 to side // 4, the original benchmark).
     """
     rng = np.random.default_rng(video_seed)
     colour, shape, motion = meaning
     num_frames = int(rng.integers(2 * fps, 4 * fps + 1))  # 2-4 s
-    shape_size = int(rng.integers(image_size // 6, image_size // 4 + 1))
+    low, high = (image_size // 6, image_size // 4) if shape_size is None else (int(shape_size[0] * image_size),
+                                                                                int(shape_size[1] * image_size))
+    shape_size = int(rng.integers(low, high + 1))
     mask = shape_mask(shape, shape_size)
     offsets = trajectory(motion, num_frames, amplitude=rng.uniform(*amplitude) * image_size)
     room = image_size - shape_size
@@ -222,10 +227,11 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
 
 
 def _write_videos(jobs: list[tuple]) -> int:
-    """Worker: render and encode a chunk of (path, meaning, seed, textured, image_size, fps, amplitude) jobs."""
-    for path, meaning, video_seed, textured, image_size, fps, amplitude in jobs:
+    """Worker: render and encode a chunk of (path, meaning, seed, textured, image_size, fps, amplitude, shape_size)
+    jobs."""
+    for path, meaning, video_seed, textured, image_size, fps, amplitude, shape_size in jobs:
         frames = render_video(meaning, video_seed, textured=textured, image_size=image_size, fps=fps,
-                              amplitude=amplitude)
+                              amplitude=amplitude, shape_size=shape_size)
         write_mp4(Path(path), frames, fps)
     return len(jobs)
 
@@ -253,7 +259,7 @@ class SyntheticPlan:
     videos: list[dict]  # {video_id, split} (split named as in the real file: train / validate / test)
     meanings: dict[str, dict]  # video id -> {colour, shape, motion}
     split_rows: dict[str, list[list]]  # "val"/"test" -> csv rows [key, vid_key, video_id, sentence], one per caption
-    jobs: list[tuple]  # (path, meaning, seed, textured, image_size, fps, amplitude) per video, for `_write_videos`
+    jobs: list[tuple]  # (path, meaning, seed, textured, image_size, fps, amplitude, shape_size) per video, for `_write_videos`
 
     def captions(self, split: str) -> list[str]:
         """Every caption of "train", "val" or "test", in file order."""
@@ -266,7 +272,8 @@ class SyntheticPlan:
 def plan_synthetic(out_dir: Path, *, seed: int, num_train: int, num_val: int, num_test: int,
                    captions_per_train_video: int, captions_per_eval_video: int = 1, shift: str = "none",
                    image_size: int = 64, fps: int = 8,
-                   amplitude: tuple[float, float] = DEFAULT_AMPLITUDE) -> SyntheticPlan:
+                   amplitude: tuple[float, float] = DEFAULT_AMPLITUDE,
+                   shape_size: tuple[float, float] | None = None) -> SyntheticPlan:
     """The annotations and video jobs `generate_synthetic` writes (cheap: no video is drawn)."""
     if shift not in SHIFTS:
         raise ValueError(f"unknown shift {shift!r}; choose one of {SHIFTS}")
@@ -309,14 +316,16 @@ def plan_synthetic(out_dir: Path, *, seed: int, num_train: int, num_val: int, nu
                     split_rows[split].append([f"ret{row}", f"msr{video_id[5:]}", video_id, caption])
             textured = shift == "visual_text" and split != "train"
             jobs.append((str(out_dir / "videos" / f"{video_id}.mp4"), meaning,
-                         [seed, SPLIT_CODES[split], index, 1], textured, image_size, fps, tuple(amplitude)))
+                         [seed, SPLIT_CODES[split], index, 1], textured, image_size, fps, tuple(amplitude),
+                         None if shape_size is None else tuple(shape_size)))
     return SyntheticPlan(sentences, videos, meanings, split_rows, jobs)
 
 
 def generate_synthetic(out_dir: Path, *, seed: int, num_train: int, num_val: int, num_test: int,
                        captions_per_train_video: int, captions_per_eval_video: int = 1, shift: str = "none",
                        image_size: int = 64, fps: int = 8, amplitude: tuple[float, float] = DEFAULT_AMPLITUDE,
-                       workers: int = 1, progress: bool = True) -> dict:
+                       shape_size: tuple[float, float] | None = None, workers: int = 1,
+                       progress: bool = True) -> dict:
     """Write one synthetic benchmark to `out_dir` in the MSRVTT layout and return its counts.
 
     Every val/test video gets `captions_per_eval_video` captions from distinct templates, one csv row each
@@ -327,7 +336,7 @@ def generate_synthetic(out_dir: Path, *, seed: int, num_train: int, num_val: int
     plan = plan_synthetic(out_dir, seed=seed, num_train=num_train, num_val=num_val, num_test=num_test,
                           captions_per_train_video=captions_per_train_video,
                           captions_per_eval_video=captions_per_eval_video, shift=shift, image_size=image_size,
-                          fps=fps, amplitude=amplitude)
+                          fps=fps, amplitude=amplitude, shape_size=shape_size)
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     sentences, videos, meanings, split_rows, jobs = (plan.sentences, plan.videos, plan.meanings, plan.split_rows,
                                                      plan.jobs)

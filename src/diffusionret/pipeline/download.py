@@ -84,7 +84,7 @@ def generate_synthetic_once(settings: BenchmarkParams, raw_dir: Path, *, workers
         num_test=synthetic.num_test, captions_per_train_video=synthetic.captions_per_train_video,
         captions_per_eval_video=synthetic.captions_per_eval_video,
         shift=synthetic.shift, image_size=synthetic.image_size, fps=synthetic.fps,
-        amplitude=tuple(synthetic.amplitude), workers=workers,
+        amplitude=tuple(synthetic.amplitude), shape_size=tuple(synthetic.shape_size) or None, workers=workers,
         progress=progress,
     )
     counts = {k: v for k, v in counts.items() if k != "seconds"}
