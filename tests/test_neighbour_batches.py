@@ -126,3 +126,21 @@ def test_a_share_of_the_batch_in_groups_and_the_rest_single_captions():
     clusters_after = np.array([cluster[list(s)] for s in singles])  # (40, 6)
     # single captions are not groups: their clusters differ within a batch far more often than a group's would
     assert np.mean([len(set(row)) > 1 for row in clusters_after]) > 0.9
+
+
+def test_warm_up_draws_random_batches_before_from_step_and_neighbour_groups_from_it():
+    """train.neighbour_from_step: the seeded random epoch order first, then neighbour groups (each rule computed
+    here by its own function); the caption-to-video map has 2 captions per video, as the synthetic train split."""
+    from diffusionret.data.batches import global_batch_indices
+    from diffusionret.data.neighbours import warmed_up_batch_draw
+
+    captions = synthetic_captions()  # 48 captions
+    caption_video = np.arange(48) // 2
+    table = caption_neighbours(captions, 5)
+    draw = warmed_up_batch_draw(table, caption_video, 8, 4, seed=3, share=1.0, from_step=2)
+    for step in (0, 1):
+        assert np.array_equal(draw(step), global_batch_indices(48, 8, 3, step))
+    for step in (2, 3):
+        assert np.array_equal(draw(step), neighbour_batch_indices(table, caption_video, 8, 4, 3, step, 1.0))
+    epoch_order = np.random.default_rng([3, 0]).permutation(48)  # the random sampler's first epoch, by hand
+    assert list(draw(1)) == list(epoch_order[8:16])

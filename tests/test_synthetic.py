@@ -136,8 +136,9 @@ def shape_track(frames: np.ndarray) -> np.ndarray:
     return np.array(track)
 
 
-def test_rendered_motion_matches_meaning(tmp_path):
-    out = generate(tmp_path / "m", num_train=0, num_val=0, num_test=24)
+@pytest.mark.parametrize("amplitude", [(0.25, 0.35), (0.7, 0.7)])  # the original benchmark and the default
+def test_rendered_motion_matches_meaning(tmp_path, amplitude):
+    out = generate(tmp_path / "m", num_train=0, num_val=0, num_test=24, amplitude=amplitude)
     meanings = json.loads((out / "meanings.json").read_text())
     for video_id, m in meanings.items():
         track = shape_track(all_frames(out / "videos" / f"{video_id}.mp4"))
@@ -258,3 +259,36 @@ def test_eval_videos_have_five_captions_from_distinct_templates_read_as_multi_ca
 def test_more_eval_captions_than_templates_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="captions_per_eval_video=6"):
         generate(tmp_path / "x", captions_per_eval_video=6)
+
+
+@pytest.mark.parametrize("amplitude", [(0.25, 0.25), (0.55, 0.55)])
+def test_amplitude_sets_how_far_a_shape_travels(amplitude):
+    """A single-direction path spans 1.4 x amplitude x frame side, a leg of a turning path amplitude x side
+    (measured on the drawn pixels; the square fills its box, so its centroid moves exactly as it does)."""
+    side = 64
+    for motion, legs in (("right", [("right", 1.4)]), ("up-then-left", [("up", 1.0), ("left", 1.0)])):
+        frames = synthetic.render_video(("white", "square", motion), [3], textured=False, image_size=side, fps=8,
+                                        amplitude=amplitude)
+        track = shape_track(frames)
+        middle = (len(track) - 1) / 2
+        if len(legs) == 1:
+            travelled = [float(np.dot(UNIT[legs[0][0]], track[-1] - track[0]))]
+        else:  # the turn happens at the middle time (between frames when the count is even)
+            turn = np.interp(middle, np.arange(len(track)), track[:, 0]), np.interp(middle, np.arange(len(track)),
+                                                                                    track[:, 1])
+            turn = np.array(turn)
+            travelled = [float(np.dot(UNIT[legs[0][0]], turn - track[0])),
+                         float(np.dot(UNIT[legs[1][0]], track[-1] - turn))]
+        for (_, factor), distance in zip(legs, travelled):
+            assert abs(distance - factor * amplitude[0] * side) <= 1.5, (motion, amplitude, distance)
+
+
+
+@pytest.mark.parametrize("shape_size, side_px", [((0.25, 0.25), 16), ((0.4, 0.4), 25)])
+def test_shape_size_sets_the_drawn_square(shape_size, side_px):
+    """A square of shape_size x 64 px (floored) fills exactly side_px^2 pixels of every frame."""
+    frames = synthetic.render_video(("white", "square", "left"), [4], textured=False, image_size=64, fps=8,
+                                    shape_size=shape_size)
+    for frame in frames.astype(int):
+        background = np.median(frame.reshape(-1, 3), axis=0)
+        assert int((np.abs(frame - background).sum(-1) > 90).sum()) == side_px ** 2

@@ -85,6 +85,9 @@ class SyntheticParams:
     image_size: int = 64  # pixels of the generated videos
     fps: int = 8  # frame rate of the generated videos
     captions_per_eval_video: int = 5  # val/test captions per video, each from a different template (multi-caption)
+    amplitude: tuple[float, ...] = (0.7, 0.7)  # [low, high]: path leg / frame side, uniform per video
+    # (the original benchmark: [0.25, 0.35]; at 0.7 a path crosses the frame and motion survives the encoder)
+    shape_size: tuple[float, ...] = ()  # [low, high]: shape side / frame side; [] = side // 6 to side // 4 (original)
 
     def validate(self, path: str) -> None:
         _in(f"{path}.shift", self.shift, SYNTHETIC_SHIFTS)
@@ -95,6 +98,11 @@ class SyntheticParams:
         _check(self.num_test >= 2, f"{path}.num_test", self.num_test, "an integer >= 2")
         _check(self.image_size >= 16, f"{path}.image_size", self.image_size, "an integer >= 16")
         _check(self.fps >= 1, f"{path}.fps", self.fps, "an integer >= 1")
+        _check(len(self.amplitude) == 2 and 0 < self.amplitude[0] <= self.amplitude[1] <= 0.7, f"{path}.amplitude",
+               list(self.amplitude), "[low, high] with 0 < low <= high <= 0.7 (fractions of the frame side)")
+        _check(len(self.shape_size) == 0 or (len(self.shape_size) == 2 and 0.05 <= self.shape_size[0]
+                                             <= self.shape_size[1] <= 0.5), f"{path}.shape_size",
+               list(self.shape_size), "[] (the original sizes) or [low, high] with 0.05 <= low <= high <= 0.5")
 
 
 @dataclass(frozen=True)
@@ -399,6 +407,7 @@ class TrainParams(StageTrainParams):
     neighbour_group: int = 8  # captions per group: an anchor and group - 1 of its text neighbours
     neighbour_pool: int = 16  # nearest captions an anchor's group is drawn from
     neighbour_share: float = 1.0  # fraction of the batch in neighbour groups; the rest are random captions
+    neighbour_from_step: int = 0  # neighbours: random batches before this step (a warm-up), neighbour batches from it
 
     def validate(self, path: str) -> None:
         super().validate(path)
@@ -407,6 +416,8 @@ class TrainParams(StageTrainParams):
         _check(2 <= self.neighbour_group <= largest, f"{path}.neighbour_group", self.neighbour_group,
                f"an integer in [2, global_batch = {self.global_batch}] (with batch_sampler neighbours)")
         _check(0 < self.neighbour_share <= 1, f"{path}.neighbour_share", self.neighbour_share, "a number in (0, 1]")
+        _check(self.neighbour_from_step >= 0, f"{path}.neighbour_from_step", self.neighbour_from_step,
+               "an integer >= 0 (the first step drawn from neighbour groups)")
         _check(self.neighbour_pool >= self.neighbour_group - 1, f"{path}.neighbour_pool", self.neighbour_pool,
                f"an integer >= neighbour_group - 1 = {self.neighbour_group - 1}")
         _check(self.accelerate_config.endswith((".yaml", ".yml")), f"{path}.accelerate_config",

@@ -81,3 +81,17 @@ def neighbour_batch_indices(neighbours: np.ndarray, caption_video: np.ndarray, b
             if int(caption_video[candidate]) not in used:
                 take(int(candidate))
     return np.asarray(batch, dtype=np.int64)  # (batch_size,)
+
+
+def warmed_up_batch_draw(neighbours: np.ndarray, caption_video: np.ndarray, batch_size: int, group_size: int,
+                         seed: int, share: float = 1.0, from_step: int = 0):
+    """`draw(step)` for `StepBatchSampler`: the random sampler's batch before `from_step` (a warm-up on random
+    batches), `neighbour_batch_indices` from it on. Still a pure function of (seed, step)."""
+    from diffusionret.data.batches import global_batch_indices
+
+    def draw(step: int) -> np.ndarray:
+        if step < from_step:
+            return global_batch_indices(len(caption_video), batch_size, seed, step)
+        return neighbour_batch_indices(neighbours, caption_video, batch_size, group_size, seed, step, share)
+
+    return draw

@@ -2,7 +2,9 @@
 
 Every video shows one shape (6 colours x 4 shapes) moving along one of 16 motions on a dark background:
 4 single directions, 8 "A then B" paths at right angles (telling "left, then up" from "up, then left" needs
-temporal order) and 4 back-and-forth paths. That is 6 x 4 x 16 = 384 caption meanings. Videos are 64 px,
+temporal order) and 4 back-and-forth paths. That is 6 x 4 x 16 = 384 caption meanings. Each leg of a path
+is `amplitude` x the frame side (the original benchmark: 0.25-0.35, about one encoder patch; at 0.7 a path
+crosses the frame, so motions also differ in start and end position). Videos are 64 px,
 8 fps, 2-4 s long. Val and test meanings are drawn without replacement, so no two videos of one of those
 splits share a meaning (a duplicate would cap R@1); train videos may repeat meanings. Each val/test video has
 `captions_per_eval_video` captions, each from a different template (5 templates per set: 1000 t2v queries on
@@ -84,6 +86,7 @@ UNSEEN_TEMPLATES = (
 SHIFTS = ("none", "visual_text", "text")
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 NOISE_SIGMA = 6.0
+DEFAULT_AMPLITUDE = (0.25, 0.35)  # path leg / frame side of the original benchmark
 
 
 def motion_phrase(motion: str, rng: np.random.Generator) -> str:
@@ -171,14 +174,23 @@ def textured_background(size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def render_video(meaning: tuple[str, str, str], video_seed: list[int], *, textured: bool,
-                 image_size: int, fps: int) -> np.ndarray:
-    """Draw one clip: uint8 (T, S, S, 3) frames of one moving shape."""
+                 image_size: int, fps: int, amplitude: tuple[float, float] = DEFAULT_AMPLITUDE,
+                 shape_size: tuple[float, float] | None = None) -> np.ndarray:
+    """Draw one clip: uint8 (T, S, S, 3) frames of one moving shape.
+
+    `amplitude` (low, high): each leg of the path, as a fraction of the frame side, drawn uniformly per video
+    (a single-direction path goes 1.4 times as far); positions are clipped to the frame. `shape_size` (low, high):
+    the shape's side as a fraction of the frame side, an integer number of pixels drawn uniformly per video
+    (None: side // 6 to side // 4, the original benchmark).
+    """
     rng = np.random.default_rng(video_seed)
     colour, shape, motion = meaning
     num_frames = int(rng.integers(2 * fps, 4 * fps + 1))  # 2-4 s
-    shape_size = int(rng.integers(image_size // 6, image_size // 4 + 1))
+    low, high = (image_size // 6, image_size // 4) if shape_size is None else (int(shape_size[0] * image_size),
+                                                                                int(shape_size[1] * image_size))
+    shape_size = int(rng.integers(low, high + 1))
     mask = shape_mask(shape, shape_size)
-    offsets = trajectory(motion, num_frames, amplitude=rng.uniform(0.25, 0.35) * image_size)
+    offsets = trajectory(motion, num_frames, amplitude=rng.uniform(*amplitude) * image_size)
     room = image_size - shape_size
     low = -offsets.min(0)
     high = room - offsets.max(0)
@@ -215,9 +227,11 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
 
 
 def _write_videos(jobs: list[tuple]) -> int:
-    """Worker: render and encode a chunk of (path, meaning, seed, textured, image_size, fps) jobs."""
-    for path, meaning, video_seed, textured, image_size, fps in jobs:
-        frames = render_video(meaning, video_seed, textured=textured, image_size=image_size, fps=fps)
+    """Worker: render and encode a chunk of (path, meaning, seed, textured, image_size, fps, amplitude, shape_size)
+    jobs."""
+    for path, meaning, video_seed, textured, image_size, fps, amplitude, shape_size in jobs:
+        frames = render_video(meaning, video_seed, textured=textured, image_size=image_size, fps=fps,
+                              amplitude=amplitude, shape_size=shape_size)
         write_mp4(Path(path), frames, fps)
     return len(jobs)
 
@@ -245,7 +259,7 @@ class SyntheticPlan:
     videos: list[dict]  # {video_id, split} (split named as in the real file: train / validate / test)
     meanings: dict[str, dict]  # video id -> {colour, shape, motion}
     split_rows: dict[str, list[list]]  # "val"/"test" -> csv rows [key, vid_key, video_id, sentence], one per caption
-    jobs: list[tuple]  # (path, meaning, seed, textured, image_size, fps) per video, for `_write_videos`
+    jobs: list[tuple]  # (path, meaning, seed, textured, image_size, fps, amplitude, shape_size) per video, for `_write_videos`
 
     def captions(self, split: str) -> list[str]:
         """Every caption of "train", "val" or "test", in file order."""
@@ -257,7 +271,9 @@ class SyntheticPlan:
 
 def plan_synthetic(out_dir: Path, *, seed: int, num_train: int, num_val: int, num_test: int,
                    captions_per_train_video: int, captions_per_eval_video: int = 1, shift: str = "none",
-                   image_size: int = 64, fps: int = 8) -> SyntheticPlan:
+                   image_size: int = 64, fps: int = 8,
+                   amplitude: tuple[float, float] = DEFAULT_AMPLITUDE,
+                   shape_size: tuple[float, float] | None = None) -> SyntheticPlan:
     """The annotations and video jobs `generate_synthetic` writes (cheap: no video is drawn)."""
     if shift not in SHIFTS:
         raise ValueError(f"unknown shift {shift!r}; choose one of {SHIFTS}")
@@ -300,13 +316,16 @@ def plan_synthetic(out_dir: Path, *, seed: int, num_train: int, num_val: int, nu
                     split_rows[split].append([f"ret{row}", f"msr{video_id[5:]}", video_id, caption])
             textured = shift == "visual_text" and split != "train"
             jobs.append((str(out_dir / "videos" / f"{video_id}.mp4"), meaning,
-                         [seed, SPLIT_CODES[split], index, 1], textured, image_size, fps))
+                         [seed, SPLIT_CODES[split], index, 1], textured, image_size, fps, tuple(amplitude),
+                         None if shape_size is None else tuple(shape_size)))
     return SyntheticPlan(sentences, videos, meanings, split_rows, jobs)
 
 
 def generate_synthetic(out_dir: Path, *, seed: int, num_train: int, num_val: int, num_test: int,
                        captions_per_train_video: int, captions_per_eval_video: int = 1, shift: str = "none",
-                       image_size: int = 64, fps: int = 8, workers: int = 1, progress: bool = True) -> dict:
+                       image_size: int = 64, fps: int = 8, amplitude: tuple[float, float] = DEFAULT_AMPLITUDE,
+                       shape_size: tuple[float, float] | None = None, workers: int = 1,
+                       progress: bool = True) -> dict:
     """Write one synthetic benchmark to `out_dir` in the MSRVTT layout and return its counts.
 
     Every val/test video gets `captions_per_eval_video` captions from distinct templates, one csv row each
@@ -317,7 +336,7 @@ def generate_synthetic(out_dir: Path, *, seed: int, num_train: int, num_val: int
     plan = plan_synthetic(out_dir, seed=seed, num_train=num_train, num_val=num_val, num_test=num_test,
                           captions_per_train_video=captions_per_train_video,
                           captions_per_eval_video=captions_per_eval_video, shift=shift, image_size=image_size,
-                          fps=fps)
+                          fps=fps, amplitude=amplitude, shape_size=shape_size)
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     sentences, videos, meanings, split_rows, jobs = (plan.sentences, plan.videos, plan.meanings, plan.split_rows,
                                                      plan.jobs)

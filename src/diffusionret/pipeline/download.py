@@ -71,7 +71,7 @@ def generate_synthetic_once(settings: BenchmarkParams, raw_dir: Path, *, workers
                             progress: bool = True) -> dict:
     """Generate the synthetic benchmark into raw_dir, unless a finished run with the same settings is there."""
     synthetic = settings.synthetic
-    wanted = dataclasses.asdict(synthetic)
+    wanted = json.loads(json.dumps(dataclasses.asdict(synthetic)))  # tuples as lists, as read back from the stamp
     stamp = raw_dir / SYNTHETIC_STAMP
     expected_videos = synthetic.num_train + synthetic.num_val + synthetic.num_test
     if stamp.is_file() and json.loads(stamp.read_text()).get("settings") == wanted and (raw_dir / "videos").is_dir():
@@ -83,7 +83,8 @@ def generate_synthetic_once(settings: BenchmarkParams, raw_dir: Path, *, workers
         raw_dir, seed=synthetic.seed, num_train=synthetic.num_train, num_val=synthetic.num_val,
         num_test=synthetic.num_test, captions_per_train_video=synthetic.captions_per_train_video,
         captions_per_eval_video=synthetic.captions_per_eval_video,
-        shift=synthetic.shift, image_size=synthetic.image_size, fps=synthetic.fps, workers=workers,
+        shift=synthetic.shift, image_size=synthetic.image_size, fps=synthetic.fps,
+        amplitude=tuple(synthetic.amplitude), shape_size=tuple(synthetic.shape_size) or None, workers=workers,
         progress=progress,
     )
     counts = {k: v for k, v in counts.items() if k != "seconds"}

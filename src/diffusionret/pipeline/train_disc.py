@@ -17,7 +17,7 @@ from diffusionret.config import Params, batches_per_epoch, resolve_schedule
 from diffusionret.data.batches import StepBatchSampler
 from diffusionret.data.datasets import CaptionVideoDataset
 from diffusionret.data.frames import FrameCache, load_frame_cache
-from diffusionret.data.neighbours import caption_neighbours, neighbour_batch_indices
+from diffusionret.data.neighbours import caption_neighbours, warmed_up_batch_draw
 from diffusionret.data.records import SplitAnnotations, load_annotations
 from diffusionret.evaluation.metrics import recall_metrics
 from diffusionret.evaluation.scoring import score_queries
@@ -102,11 +102,9 @@ def train_disc(name: str, params: Params, paths: Paths, repo_root: Path) -> dict
     draw = None
     if settings.batch_sampler == "neighbours":  # groups of TF-IDF caption neighbours, a pure function of the step
         neighbours = caption_neighbours(train_ann.captions, settings.neighbour_pool)  # (C, pool)
-        caption_video = np.asarray(train_ann.caption_video)
-
-        def draw(step: int) -> np.ndarray:
-            return neighbour_batch_indices(neighbours, caption_video, settings.global_batch,
-                                           settings.neighbour_group, settings.seed, step, settings.neighbour_share)
+        draw = warmed_up_batch_draw(neighbours, np.asarray(train_ann.caption_video), settings.global_batch,
+                                    settings.neighbour_group, settings.seed, settings.neighbour_share,
+                                    settings.neighbour_from_step)
 
     def batches(start_step: int):
         sampler = StepBatchSampler(len(dataset), settings.global_batch, settings.seed, start_step, settings.steps,
