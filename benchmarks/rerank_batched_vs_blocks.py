@@ -2,7 +2,7 @@
 
 Three variants, the same seeded start noise, the same top-k, outputs asserted equal:
   official  DDIM separately for each block of 32 queries, the full denoiser (frame pooling, projections,
-            decoder) run at each of the T steps (reference §7);
+            decoder) run at each of the T steps (official evaluation loop);
   batched   `--query-batch` queries per DDIM run (default 64 on a CPU, 1024 on a GPU), still the full
             denoiser at every step;
   ours      `rerank_t2v` with the same blocks, the step-independent part of the denoiser

@@ -27,7 +27,7 @@ def test_vit_b_32_counts(capsys):
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     modules = summary["modules"]
-    assert denoiser_parameters(512) == 2_625_025  # the reference's figure (§3)
+    assert denoiser_parameters(512) == 2_625_025  # by hand from the official layer sizes
     assert modules["denoiser.t2v"] == modules["denoiser.v2t"] == denoiser_parameters(512)
     assert summary["generator_total"] == 2 * denoiser_parameters(512)
     assert modules["temporal"] == 77 * 512 + 4 * text_layer_parameters(512, 2048)

@@ -1,4 +1,5 @@
-"""The t2v / v2t denoisers against a loop-by-loop restatement of reference §3.1 / §3.2."""
+"""The t2v / v2t denoisers against a loop-by-loop restatement of the official
+`Diffusion` / `Diffusion_v` forward passes."""
 
 import math
 

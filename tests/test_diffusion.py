@@ -1,4 +1,4 @@
-"""Noise schedules, forward noising and DDIM against formulas written out here (reference §4)."""
+"""Noise schedules, forward noising and DDIM against formulas written out here (guided-diffusion / DDIM paper)."""
 
 import math
 
@@ -97,7 +97,7 @@ def test_ddim_step_matches_hand_written_update():
     noise = torch.randn(2, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
 
     x = noise.numpy().copy()
-    for t in reversed(range(T)):  # x0_hat = clamp(0.7 x), eps_hat and x_{t-1} as reference §4
+    for t in reversed(range(T)):  # x0_hat = clamp(0.7 x), eps_hat and x_{t-1} as in DDIM with eta = 0
         x0_hat = np.clip(0.7 * x, -1, 1)
         eps_hat = (x / math.sqrt(abar[t]) - x0_hat) / math.sqrt(1 / abar[t] - 1)
         abar_prev = abar[t - 1] if t > 0 else 1.0

@@ -1,4 +1,4 @@
-"""Candidate selection, generation loss and the stage-2 loss wiring (reference §4, §5, §8.2)."""
+"""Candidate selection, generation loss and the stage-2 loss wiring (as the official modeling.py)."""
 
 import math
 

@@ -47,7 +47,7 @@ def _unit(vector: list[float]) -> list[float]:
 
 
 def _wti_brute_force(head: WTIHead, tokens, text_mask, video, video_mask) -> np.ndarray:
-    """Reference §2.4 written out with loops over (a, b, l, f)."""
+    """The official WTI similarity written out with loops over (a, b, l, f)."""
     texts, words, _ = tokens.shape
     videos, frames, _ = video.shape
     result = np.zeros((texts, videos))
@@ -77,7 +77,7 @@ def test_wti_matches_brute_force_loop():
 
 
 def test_wti_all_negative_picks_padded_zero():
-    """Masked entries are 0, not -inf (reference §2.4 edge case): a padded frame wins the max."""
+    """Masked entries are 0, not -inf (official edge case): a padded frame wins the max."""
     torch.manual_seed(0)
     head = WTIHead(WIDTH).double()
     tokens = torch.ones(1, 2, WIDTH, dtype=torch.float64)

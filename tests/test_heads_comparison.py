@@ -119,7 +119,7 @@ def test_every_head_is_trained_evaluated_and_tabled_from_its_saved_ranks(study):
         curve = (folder(work, head) / "synthetic__disc_loss.csv").read_text().splitlines()[0].split(",")
         assert "loss/contrastive" in curve and "perf/steps_per_second" in curve
         assert "loss/decorrelation" not in curve  # DiCoSA's only
-    # parameter counts at ViT-B/32 widths, from the reference's arithmetic: EMCL drops WTI's two weight MLPs
+    # parameter counts at ViT-B/32 widths, by hand: EMCL drops WTI's two weight MLPs, 2 x (512*1024+1024 + 1024+1)
     emcl = json.loads((folder(work, "emcl") / "run.json").read_text())["parameters"]
     assert emcl["head"] == 0 and emcl["head_vs_wti_at_vit_b32"] == -1_052_674
     assert first.stdout.count("dvc exp run --name") == len(HEADS)

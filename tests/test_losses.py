@@ -9,7 +9,7 @@ from diffusionret.method.losses import contrastive_loss, gather_with_grad
 
 
 def _infonce_by_hand(similarity: list[list[float]], scale: float) -> float:
-    """1/2 [mean_i -log softmax_j(s S_ij)[i] + mean_j -log softmax_i(s S_ij)[j]] (reference §2.5)."""
+    """1/2 [mean_i -log softmax_j(s S_ij)[i] + mean_j -log softmax_i(s S_ij)[j]] (official CrossEn)."""
     size = len(similarity)
     text_to_video = 0.0
     for i in range(size):

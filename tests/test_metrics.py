@@ -156,7 +156,7 @@ def test_nan_raises_naming_the_row():
         v2t_metrics(scores, [0, 1, 2, 3, 0], orientation="text_rows")
 
 
-# ---------------------------------------------------------------- the released MSVD grouping (reference §10.3)
+# ---------------------------------------------------------------- the released MSVD grouping (off-by-one)
 # 3 videos with 2, 3, 2 captions. Last captions: c1 (video 0), c4 (video 1), c6 (video 2).
 # Released grouping: group0 = [0, 1) = {c0}, group1 = [1, 4) = {c1, c2, c3}, group2 = [4, 6) = {c4, c5};
 # so c1 -> video 1, c4 -> video 2, c6 dropped.

@@ -1,4 +1,4 @@
-"""Parameter groups, BertAdam, LR schedules and EMA against hand computations (reference §6.2, §6.3)."""
+"""Parameter groups, BertAdam, LR schedules and EMA against hand computations (official optimization.py)."""
 
 import math
 

@@ -98,7 +98,7 @@ def test_ood_grid_layout():
 
 @pytest.mark.shared
 def test_paper_numbers_are_those_of_the_reference(shared_root):
-    """Parse §12.1/§12.2 of the reference: every number we print must be there, every n/a must be absent."""
+    """Parse the paper tables of the shared design notes: every number we print is there, every n/a absent."""
     text = (shared_root / "design" / "diffusionret-reference.md").read_text()
     names = {"MSRVTT-1kA": "msrvtt", "LSMDC": "lsmdc", "MSVD": "msvd", "ActivityNet Captions": "activitynet",
              "DiDeMo": "didemo"}

@@ -1,4 +1,4 @@
-"""Re-ranking (reference §7): only the top-k move, by alpha * softmax(x0_hat), independently of batching."""
+"""Re-ranking (as official): only the top-k move, by alpha * softmax(x0_hat), independently of batching."""
 
 import pytest
 import torch
@@ -164,7 +164,7 @@ def test_conditioning_once_per_block_equals_the_full_denoiser_at_every_step(dire
         ours = rerank_t2v(matrix, sentences, frames, mask, denoiser, diffusion, k=K, seed=5, query_batch=1000)
     else:
         ours = rerank_v2t(matrix, frames, mask, sentences, denoiser, diffusion, k=K, seed=5, query_batch=1000)
-    assert len(calls) == 6 * -(-matrix.shape[0] // 2)  # the reference really ran T steps per 2-query block
+    assert len(calls) == 6 * -(-matrix.shape[0] // 2)  # the official-style loop really ran T steps per 2-query block
     assert torch.equal(official.topk_indices, ours.topk_indices)
     assert torch.allclose(official.x0_hat, ours.x0_hat, atol=1e-5, rtol=0)
     assert not torch.allclose(ours.x0_hat[0], ours.x0_hat[1], atol=1e-3)  # not a constant output

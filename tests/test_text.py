@@ -109,7 +109,7 @@ def test_load_rejects_non_directory():
 
 
 def _bytes_to_unicode() -> dict[int, str]:
-    """OpenAI CLIP's reversible byte -> printable unicode table (environment-notes §3)."""
+    """OpenAI CLIP's reversible byte -> printable unicode table (bytes_to_unicode of its simple_tokenizer.py)."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
     printable += list(range(ord("®"), ord("ÿ") + 1))
     codes, extra = printable[:], 0

@@ -401,7 +401,7 @@ class TrainParams(StageTrainParams):
     seed: int = 42
     precision: str = "fp32"
     accelerate_config: str = "configs/accelerate/cpu.yaml"  # how `accelerate launch` starts the processes
-    augment: str = "none"  # training-frame augmentation: none | rand-m7-n4-mstd0.5-inc1 (the siblings' RandAugment)
+    augment: str = "none"  # training-frame augmentation: none | rand-m7-n4-mstd0.5-inc1 (EMCL/HBI/DiCoSA's RandAugment)
     # beyond the paper: `neighbours` builds batches of TF-IDF caption neighbours (data/neighbours.py)
     batch_sampler: str = "random"
     neighbour_group: int = 8  # captions per group: an anchor and group - 1 of its text neighbours
@@ -505,7 +505,7 @@ class EvalParams:
 
 @dataclass(frozen=True)
 class PostprocessParams:
-    """Score post-processing reported beside the raw rows (reference §11; peers §4)."""
+    """Score post-processing reported beside the raw rows (QB-Norm, DSL; not in the official code)."""
 
     qbnorm_bank_size: int = 200  # training queries in each querybank (t2v: captions, v2t: videos), subsampled
     qbnorm_bank_seed: int = 0  # the deterministic subsample of the training split

@@ -4,7 +4,7 @@ The policy string reads: magnitude 7 (of 10), 4 operations per video, the magnit
 N(7, 0.5) clipped to [0, 10], and the "increasing" operation set (a larger magnitude is always a stronger
 change). Each of the 4 operations is drawn uniformly, with replacement, from the 15 below and applied with
 probability 0.5; one draw of operations and magnitudes is applied to every frame of a video, so the clip stays
-temporally consistent (the video RandAugment the siblings call). Built on PIL (Pillow), not torchvision.
+temporally consistent (the video RandAugment of EMCL/HBI/DiCoSA's training loaders). Built on PIL, not torchvision.
 
 Only training frames are augmented (`train.augment`); validation, test and the feature cache never are.
 """

@@ -1,9 +1,9 @@
-"""Decode videos into a uint8 frame cache: the only module that decodes video (reference §10.1).
+"""Decode videos into a uint8 frame cache: the only module that decodes video.
 
 Frames are sampled on a fixed time grid (`sample_frame_indices`), resized so the short side is `image_size`
 (bicubic, PIL) and centre-cropped to a square, as the official transform does before normalisation. Decoding
 goes through a small decoder function (decord by default; `DECODERS` can take a PyAV one where decord has no
-wheel, environment-notes P7).
+wheel, e.g. aarch64).
 
 `build_frame_cache` decodes every video in a pool of processes. Each finished video is saved at once under
 `partial_dir/<settings>/`, so a killed run resumes and a re-run decodes nothing. A video that fails to decode,
@@ -61,7 +61,7 @@ def sample_frame_indices(num_video_frames: int, video_fps: float, sample_fps: fl
     (default the duration), both clipped to the video. Sample times are start, start + 1/sample_fps, ... strictly
     before end; each time t reads frame int(t * video_fps), clipped to the last frame. If there are more than
     `max_frames` times, keep those at positions np.linspace(0, n - 1, max_frames) truncated to integers (the
-    official thinning, reference §10.1). A non-empty video always gives at least one frame (the one at start).
+    official thinning). A non-empty video always gives at least one frame (the one at start).
     Unlike the official cv2 reader (integer fps, every second up to ceil(duration) inclusive), the grid uses the
     real fps and stops before the end.
     """
@@ -96,7 +96,7 @@ def decode_with_decord(path: Path, choose: Callable[[int, float], np.ndarray]) -
 
 
 def decode_with_pyav(path: Path, choose: Callable[[int, float], np.ndarray]) -> np.ndarray:
-    """The same with PyAV, decoding sequentially (for machines without a decord wheel, environment-notes P7)."""
+    """The same with PyAV, decoding sequentially (for machines without a decord wheel, e.g. aarch64)."""
     import av
 
     with av.open(str(path)) as container:

@@ -26,7 +26,7 @@ Shifts (only val/test are shifted; train stays in distribution):
 - "text": the same kind of videos, unseen templates only.
 - "visual_text" (the `synthetic-shift` benchmark): unseen dark textured backgrounds (stripes, checkerboard,
   blotches, gradients) plus Gaussian pixel noise (sigma 6), and unseen templates. Bright backgrounds are
-  deliberately absent: they drop every model to chance (embedded-default-notes.md).
+  deliberately absent: they drop every model to chance (measured on a prototype).
 
 Every video is drawn from its own generator seeded by (seed, split, index), so the output does not depend on
 the number of workers. Output: `videos/<id>.mp4`, `MSRVTT_train.9k.csv`, `MSRVTT_JSFUSION_{val,test}.csv`,

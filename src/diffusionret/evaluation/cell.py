@@ -1,6 +1,6 @@
 """Scoring of one evaluation cell (torch): a model trained on A, B's test set, every DDIM draw, the QB-Norm banks.
 
-Matrices: stage-1 similarities (reference §7 step 3), each query's top-k re-ranked once per draw (§7 steps 4-5,
+Matrices: stage-1 similarities, each query's top-k re-ranked once per draw (as the official evaluation,
 seeds eval.seed + i), in both directions; t2v matrices are text rows (Q, V), v2t matrices video rows (V, Q).
 
 QB-Norm querybank: a deterministic subsample of A's TRAINING split (captions for t2v, videos for v2t),

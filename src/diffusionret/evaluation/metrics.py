@@ -1,4 +1,4 @@
-"""Retrieval ranks and R@K / MdR / MnR from score matrices (reference §10.3, §10.4).
+"""Retrieval ranks and R@K / MdR / MnR from score matrices (CLIP4Clip's metrics.py conventions).
 
 Rank: 0-based position of the ground truth in its row sorted by descending score, computed in row
 chunks (a 30k x 1k matrix never needs more than a chunk-sized temporary). `chunk_size` counts rows of
@@ -11,7 +11,7 @@ Ties (one convention, `DEFAULT_TIES`, used by every function here):
 - "average" (collaborative-experts / QB-Norm code): rank = #higher + #other-equal / 2, a float;
   R@K counts rank < K, so a ground truth tied with one other candidate at the top counts for R@1.
 
-Multi-caption benchmarks (CLIP4Clip convention, §10.3): t2v ranks all videos for each caption;
+Multi-caption benchmarks (CLIP4Clip convention): t2v ranks all videos for each caption;
 v2t scores each video against each caption GROUP (all captions of one video) by the MAX over the
 group and ranks groups, the ground truth being the video's own group. Groups come from the explicit
 `caption_video` indices, so uneven and non-contiguous caption lists work.
@@ -134,7 +134,10 @@ class FaithfulGrouping(NamedTuple):
 
 
 def faithful_msvd_groups(caption_video: Any) -> FaithfulGrouping:
-    """Reproduce the released off-by-one MSVD grouping (§10.3): group g = [last_{g-1}, last_g).
+    """Reproduce the released off-by-one MSVD grouping: group g = [last_{g-1}, last_g).
+
+    The official MSVD loader stores each video's LAST caption index where CLIP4Clip stores the exclusive end,
+    while the evaluation still shifts by one as CLIP4Clip does.
 
     Captions must come in one contiguous block per video. The last caption of each block takes the NEXT
     block's video as ground truth; the very last caption is dropped.

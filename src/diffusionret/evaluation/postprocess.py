@@ -1,4 +1,5 @@
-"""Score post-processing on a similarity matrix: QB-Norm and DSL (reference §11; peers §4).
+"""Score post-processing on a similarity matrix: QB-Norm (Bogolin et al., CVPR 2022, official
+ioanacroi/qb-norm dynamic inverted softmax) and DSL (CAMoE's dual softmax).
 
 Pure functions: inputs are never modified; outputs are new float64 arrays (Q, G) whose ROWS are the
 queries. Only the order within a row is meaningful afterwards (QB-Norm mixes normalised and raw rows),

@@ -1,6 +1,6 @@
-"""The one scoring path (reference §7): stage-1 similarity in blocks, optional re-ranking over seeded DDIM draws,
-per-query ranks. Stage-1 validation, stage-2 validation, the evaluate stage and `diffusionret search` all call
-`score_queries`, so a change to how scores are tiled or re-ranked is made here once.
+"""The one scoring path (as the official `_run_on_single_gpu`): stage-1 similarity in blocks, optional
+re-ranking over seeded DDIM draws, per-query ranks. Stage-1 validation, stage-2 validation, the evaluate stage
+and `diffusionret search` all call `score_queries`, so a change to how scores are tiled or re-ranked is made here once.
 
 Directions: t2v rows are captions and columns videos, (Q, V); v2t rows are videos and columns captions, (V, Q),
 the transpose of the text-rows similarity (the head is always called with texts first). Re-ranking adds

@@ -1,4 +1,4 @@
-"""The method (reference §4-§8): what DiffusionRet adds on top of a contrastive retrieval model.
+"""The method: what DiffusionRet adds on top of a contrastive retrieval model.
 
   diffusion.py   the noise schedule, q(x_t | x_0) and the DDIM sampler
   losses.py      the contrastive loss (stage 1) and the generation loss with its hard-negative candidate lists (stage 2)

@@ -1,11 +1,11 @@
 """Gaussian diffusion over a query's candidate vector: noise schedules, forward noising, DDIM sampling.
 
 One entry point, `create_diffusion(steps, schedule)`, in the style of DiT's `diffusion/__init__.py`.
-DiffusionRet vendors OpenAI's guided-diffusion but uses only a small part of it (reference §4): the
+DiffusionRet vendors OpenAI's guided-diffusion but uses only a small part of it (official diffusion_models/): the
 schedule, `q_sample`, uniform timesteps and deterministic DDIM (eta = 0) with an x0-predicting network.
 The VLB / MSE machinery is dead code there and is not reproduced.
 
-Notation (variable -> symbol of the reference §4 / DDIM paper, Song et al. 2021):
+Notation (variable -> symbol of the DDIM paper, Song et al. 2021):
     betas[t]                  -> beta_t
     alphas_cumprod[t]         -> abar_t = prod_{s <= t} (1 - beta_s)
     alphas_cumprod_prev[t]    -> abar_{t-1}, with abar_{-1} = 1
@@ -14,7 +14,8 @@ Notation (variable -> symbol of the reference §4 / DDIM paper, Song et al. 2021
     x_t                       -> x_t, the noisy vector at step t
     x0_hat                    -> x0_hat = clamp(f_theta(x_t, t), -1, 1), the network's clean estimate
     eps_hat                   -> eps_hat, the noise implied by (x_t, x0_hat)
-Timesteps are integers 0..T-1 passed to the network unscaled (reference §4).
+Timesteps are integers 0..T-1 passed to the network unscaled (no rescaling to 1000), as
+the official code does.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ SCHEDULES: dict[str, Callable[[int], np.ndarray]] = {"cosine": cosine_betas, "li
 
 
 class GaussianDiffusion:
-    """A discrete-time Gaussian diffusion with an x0-predicting network (reference §4)."""
+    """A discrete-time Gaussian diffusion with an x0-predicting network (predict_xstart in the official code)."""
 
     def __init__(self, betas: np.ndarray):
         betas = np.asarray(betas, dtype=np.float64)  # (T,)

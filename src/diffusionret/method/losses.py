@@ -1,4 +1,4 @@
-"""The two training losses of DiffusionRet (reference §2.5, §4, §5, §8.2).
+"""The two training losses of DiffusionRet (official DiffusionRet/models/modeling.py, until_module.py).
 
 Stage 1 (discrimination): symmetric InfoNCE on the similarity of the global batch, with features gathered
 across processes (`gather_with_grad`, `contrastive_loss`).
@@ -68,7 +68,7 @@ def concept_decorrelation(text_chunks: torch.Tensor, video_chunks: torch.Tensor,
 
 
 def contrastive_loss(similarity: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE on exp(logit_scale) * S (B, B) with the diagonal as positives (reference §2.5)."""
+    """Symmetric InfoNCE on exp(logit_scale) * S (B, B) with the diagonal as positives (official CrossEn)."""
     if similarity.dim() != 2 or similarity.shape[0] != similarity.shape[1]:
         raise ValueError(f"contrastive_loss needs a square (B, B) similarity; got {tuple(similarity.shape)}")
     logits = logit_scale.exp() * similarity  # (B, B): rows = texts, columns = videos
@@ -125,7 +125,7 @@ def same_video_candidates(candidates: torch.Tensor, video_keys: torch.Tensor) ->
 
 
 def generation_loss(x0_hat: torch.Tensor, temperature_inv: float = 100.0) -> torch.Tensor:
-    """Reference §5: mean over queries of CE(softmax(x0_hat / tau_g), class 0), with 1 / tau_g = `temperature_inv`."""
+    """Official "kl_loss": mean over queries of CE(softmax(x0_hat / tau_g), class 0); 1 / tau_g = `temperature_inv`."""
     target = torch.zeros(x0_hat.shape[0], dtype=torch.long, device=x0_hat.device)  # positive at index 0
     return F.cross_entropy(x0_hat * temperature_inv, target)
 
@@ -148,7 +148,7 @@ def stage2_loss(
     faithful_negatives: bool = False,
     min_timestep: int = 0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L_gen = CE_t2v + CE_v2t for one batch (reference §8.2); returns (loss, detached per-direction terms).
+    """L_gen = CE_t2v + CE_v2t for one batch (weights 1, as official); returns (loss, detached per-direction terms).
 
     Random draws, all from `generator_rng` in this order: t (B,) shared by both directions, then the t2v noise,
     then the v2t noise (each (B, 1+K)).

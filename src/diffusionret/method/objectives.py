@@ -1,7 +1,7 @@
 """The two training objectives. Each computes its loss on the GLOBAL batch and runs its own backward pass.
 
 `ContrastiveObjective` (stage 1): encode this process's batch, gather the features of all processes WITH
-gradient, WTI similarity over the global batch, symmetric InfoNCE (reference §2.5, §8.1). With gradient
+gradient, WTI similarity over the global batch, symmetric InfoNCE (as the official AllGather + CrossEn). With gradient
 accumulation it uses a gradient cache: the features of all micro-batches are computed without gradient,
 the loss and its gradient w.r.t. the features are computed once on the whole global batch, then each
 micro-batch is re-encoded and back-propagated with its slice of that gradient. The result equals the
@@ -9,7 +9,7 @@ full-batch gradient (the contrastive loss over the global batch does not depend 
 
 `GenerationObjective` (stage 2): frozen cached features; the global batch's similarity picks each
 query's hardest negatives (or, with `train_gen.negatives: mined`, the batch carries lists drawn from each query's
-stage-1 top-k over the training gallery, `method.mining`); both denoisers predict x0 from a noised one-hot (reference §5, §8.2). Every
+stage-1 top-k over the training gallery, `method.mining`); both denoisers predict x0 from a noised one-hot. Every
 process draws the same noise for the whole global batch and back-propagates only its own query rows.
 
 Both scale their loss so that AVERAGING the gradients over processes (training/loop.py) gives the gradient of the

@@ -1,4 +1,4 @@
-"""Inference-time re-ranking with the generator (reference §7, §8.3).
+"""Inference-time re-ranking with the generator (official `_run_on_single_gpu`, main_retrieval.py).
 
 For every query: take its top-k candidates under the stage-1 scores (sorted descending), run T-step
 DDIM from Gaussian noise over the k-vector, conditioned on the query and those candidates, turn the
@@ -12,7 +12,7 @@ Differences from the official loop (on purpose):
   `denoiser.denoise` (the same function regrouped, see model/denoiser.py; equal up to float rounding);
 - the start noise is seeded: the whole (Q, k) x_T is drawn once from `torch.Generator().manual_seed(seed)`
   on the CPU and sliced per block, so a query's noise (hence its result) does not depend on the
-  batching or on the device. The official code draws from the global RNG (reference §14.11).
+  batching or on the device. The official code draws from the global RNG, so its results vary run to run.
 Top-k ties are broken by the lower candidate index (stable sort), identically on every device.
 """
 

@@ -1,8 +1,9 @@
-"""CLIP backbone on Hugging Face `transformers`: token, sentence and frame features (reference §2.1, §2.2, §15).
+"""CLIP backbone on Hugging Face `transformers`: token, sentence and frame features as DiffusionRet's
+official module_clip.py computes them.
 
 `build_clip` makes a `CLIPModel` from a registered architecture (random weights, no download), a local
 checkpoint directory or a hub id; `ClipBackbone` reads features at the sub-module level because
-`get_*_features` return output objects in transformers 5.x (environment-notes P5).
+`get_*_features` return output objects, not tensors, in transformers 5.x.
 """
 
 from __future__ import annotations
@@ -16,16 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:  # transformers costs seconds to import (environment-notes P16)
+if TYPE_CHECKING:  # transformers costs seconds to import (about 5 s for CLIPModel)
     from transformers import CLIPModel
 
-LOGIT_SCALE_INIT = math.log(100.0)  # reference §2.5: initial ln 100 = 4.6052
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # reference §10.1
+LOGIT_SCALE_INIT = math.log(100.0)  # CLIP's initial logit scale, ln 100 = 4.6052
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's normalisation, as the official data loaders use
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # Architectures as data: name -> CLIPConfig keyword arguments (random weights, built offline).
 NAMED_CLIP_CONFIGS: dict[str, dict] = {
-    # CPU default: text width = projection width so seqTransf can copy text layers (reference §15).
+    # CPU default: text width = projection width so seqTransf can copy text layers.
     "tiny": dict(
         text_config=dict(
             vocab_size=49408, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
@@ -54,7 +55,7 @@ NAMED_CLIP_CONFIGS: dict[str, dict] = {
         projection_dim=512,
         logit_scale_init_value=LOGIT_SCALE_INIT,
     ),
-    # OpenAI CLIP ViT-B/32 (reference §2.1, §2.2).
+    # OpenAI CLIP ViT-B/32: text width 512, 8 heads; vision width 768, 12 heads, patch 32.
     "vit-b-32": dict(
         text_config=dict(
             vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
@@ -183,7 +184,7 @@ class ClipBackbone(nn.Module):
     def __init__(self, clip: "CLIPModel", frame_feature: str = "cls", frame_grid: int = 2) -> None:
         super().__init__()
         self.clip = clip
-        # reference §2.2: the patch-embedding conv is frozen in all stages
+        # the patch-embedding conv is frozen in all stages, as in the official code
         clip.vision_model.embeddings.patch_embedding.weight.requires_grad_(False)
         self.image_size = clip.config.vision_config.image_size
         if frame_feature not in FRAME_FEATURES:
@@ -209,7 +210,7 @@ class ClipBackbone(nn.Module):
 
     @property
     def text_transformer_layers(self) -> nn.ModuleList:
-        """The CLIP text encoder's blocks (seqTransf copies the first ones, reference §2.3)."""
+        """The CLIP text encoder's blocks (seqTransf copies the first ones)."""
         return self.clip.text_model.encoder.layers
 
     def clip_parameters(self) -> list[nn.Parameter]:
@@ -217,7 +218,7 @@ class ClipBackbone(nn.Module):
         return list(self.clip.parameters())
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Projected features of every token (B, L, D) and the sentence feature at eos (B, D), reference §2.1."""
+        """Projected features of every token (B, L, D) and the sentence feature at eos (B, D), unnormalised."""
         hidden = self.clip.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         tokens = self.clip.text_projection(hidden)  # (B, L, D); last_hidden_state is already final-layer-normed
         eos_position = attention_mask.long().sum(dim=1) - 1  # (B,) tokenize() puts eos last among valid tokens
@@ -225,7 +226,7 @@ class ClipBackbone(nn.Module):
         return tokens, sentence
 
     def normalise_frames(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """uint8 (B, T, S, S, 3) -> CLIP-normalised float (B*T, 3, S, S); padded frames become 0 (reference §2.2)."""
+        """uint8 (B, T, S, S, 3) -> CLIP-normalised float (B*T, 3, S, S); padded frames become 0 (still encoded)."""
         if frames.dim() != 5 or frames.shape[-1] != 3 or frames.shape[2] != frames.shape[3]:
             raise ValueError(f"frames must be uint8 (B, T, S, S, 3); got shape {tuple(frames.shape)}")
         if frames.shape[2] != self.image_size:
@@ -242,7 +243,7 @@ class ClipBackbone(nn.Module):
         return pixels
 
     def encode_frames(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-frame CLIP image features (B, T, D): post-layernormed CLS times visual_projection (reference §2.2)."""
+        """Per-frame CLIP image features (B, T, D): post-layernormed CLS times visual_projection."""
         batch, num_frames = frames.shape[0], frames.shape[1]
         pixels = self.normalise_frames(frames, mask)  # (B*T, 3, S, S)
         output = self.clip.vision_model(pixel_values=pixels)

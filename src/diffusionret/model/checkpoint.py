@@ -3,7 +3,7 @@
 A checkpoint directory holds `model.safetensors`, `model.json` (everything needed to rebuild the module
 and the data settings it was trained with), the CLIP config (`clip/`) and the tokenizer (`tokenizer/`).
 Loading is strict: a missing or unexpected key is an error naming it (the official code's strict=False
-silently left untrained weights, reference §6.1).
+silently left untrained weights, e.g. untrained denoisers).
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
-"""The two denoising networks of DiffusionRet (reference §3): x_t over N candidates -> x0_hat over N candidates.
+"""The two denoising networks of DiffusionRet (official models/diffusion.py): x_t (N candidates) -> x0_hat (N).
 
 t2v (`TextToVideoDenoiser`, official `Diffusion`): query = a sentence, candidates = videos.
 v2t (`VideoToTextDenoiser`, official `Diffusion_v`): query = a video, candidates = sentences.
 
-Both share one skeleton (reference §3.1 / §3.2, numbered steps below):
+Both share one skeleton (numbered steps below):
   1. e = TimeMLP(PE[t])                                       timestep embedding
   2. text-frame attention: softmax over frames of <sentence, frame> / tau_f, multiplied by the frame
-     mask AFTER the softmax (no renormalisation, faithful to the code, reference §14.16)
+     mask AFTER the softmax (no renormalisation, so padded frames keep softmax mass, as the official code does)
   3. q, k, v projections (no bias) of the pooled features plus e
   4. a = softmax_n(<q, k_n> + x_t[n])                          the noisy vector is an additive logit bias
   5. z = Wo(sum_n a_n v_n)
@@ -137,7 +137,7 @@ class _Denoiser(nn.Module):
 
 
 class TextToVideoDenoiser(_Denoiser):
-    """t2v denoiser (reference §3.1): a sentence query over N candidate videos."""
+    """t2v denoiser (official `Diffusion`): a sentence query over N candidate videos."""
 
     def forward(
         self,
@@ -164,7 +164,7 @@ class TextToVideoDenoiser(_Denoiser):
 
 
 class VideoToTextDenoiser(_Denoiser):
-    """v2t denoiser (reference §3.2): a video query over N candidate sentences."""
+    """v2t denoiser (official `Diffusion_v`): a video query over N candidate sentences."""
 
     def forward(
         self,
@@ -207,7 +207,7 @@ class Generator(nn.Module):
 
 
 def _init_weights(module: nn.Module, rng: torch.Generator) -> None:
-    """Linear weights N(0, 0.02), zero biases (reference §3: the whole official model is initialised so)."""
+    """Linear weights N(0, 0.02), zero biases, as the official code initialises its whole model."""
     if isinstance(module, nn.Linear):
         nn.init.normal_(module.weight, mean=0.0, std=0.02, generator=rng)
         if module.bias is not None:

@@ -1,4 +1,4 @@
-"""The stage-1 feature extractor (reference §2): CLIP backbone + temporal module + similarity head + logit scale."""
+"""The stage-1 feature extractor (official models/modeling.py): CLIP, temporal module, similarity head, logit scale."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from diffusionret.model.temporal import TEMPORAL_MODULES, build_temporal
 if TYPE_CHECKING:
     from transformers import CLIPModel
 
-MAX_LOGIT_SCALE = math.log(100.0)  # reference §2.5: clamped to at most ln 100 after every step
+MAX_LOGIT_SCALE = math.log(100.0)  # clamped to at most ln 100 after every step, as the official code does
 
 
 @dataclass

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from diffusionret.model.banzhaf import BanzhafModule
 from diffusionret.model.token_merge import MergeStages
 
-INVALID_WEIGHT_LOGIT = -9e15  # reference §2.4: fill for padded tokens/frames before the weight softmax
+INVALID_WEIGHT_LOGIT = -9e15  # fill for padded tokens/frames before the weight softmax (official WTI)
 DEFAULT_CHUNK_SIZE = 128
 
 
@@ -61,7 +61,7 @@ class WTIHead(nn.Module):
         video_frames: torch.Tensor,
         video_mask: torch.Tensor,
     ) -> torch.Tensor:
-        """Similarity (Bt, Bv) of reference §2.4; `sentence` is unused by this head."""
+        """WTI similarity (Bt, Bv): mean of weighted token->frame and frame->token max-sims; no `sentence`."""
         text_mask = text_mask.to(text_tokens.dtype)
         video_mask = video_mask.to(video_frames.dtype)
         text_weights = _masked_weights(self.text_weight_fc, text_tokens, text_mask)  # (Bt, L), unnormalised input

@@ -1,4 +1,4 @@
-"""Temporal modules over per-frame features (reference §2.3, §15).
+"""Temporal modules over per-frame features (official `seqTransf`, DiffusionRet/models/module_cross.py).
 
 `seqTransf`: frame position embedding + the first CLIP text blocks run bidirectionally over the frames,
 with an additive -1e6 mask on padded frame keys, and a residual add of the input frames.
@@ -15,7 +15,7 @@ from torch import nn
 if TYPE_CHECKING:
     from transformers import CLIPModel
 
-PADDING_BIAS = -1e6  # additive attention logit on padded frame keys (reference §2.3)
+PADDING_BIAS = -1e6  # additive attention logit on padded frame keys, as the official code
 
 
 class SeqTransf(nn.Module):

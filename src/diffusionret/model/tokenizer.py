@@ -1,7 +1,7 @@
 """Tokenizers: train a byte-level BPE on the training captions, load one from a local dir, tokenize.
 
 The offline default trains its own tokenizer (no CLIP vocabulary is committed); a real CLIP checkpoint
-directory brings its own 49408-token BPE. Either way the ids are framed as in reference §2.1:
+directory brings its own 49408-token BPE. Either way the ids are framed as OpenAI CLIP's:
 [bos] + up to L-2 tokens + [eos] + padding, with the sentence feature read at the eos position.
 """
 
@@ -15,7 +15,7 @@ import torch
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
-MIN_VOCAB = 10  # fewer tokens than this is the silent empty tokenizer of environment-notes P4
+MIN_VOCAB = 10  # fewer tokens: CLIPTokenizer.from_pretrained(hub id) offline without a cache returns 2 tokens, silently
 
 
 def train_bpe_tokenizer(captions: Iterable[str], out_dir: Path, vocab_size: int):
@@ -69,7 +69,7 @@ def train_bpe_tokenizer(captions: Iterable[str], out_dir: Path, vocab_size: int)
 
 
 def check_tokenizer(tokenizer, source: str | Path) -> None:
-    """Raise if `tokenizer` is empty (P4) or lacks bos/eos tokens present in its vocabulary."""
+    """Raise if `tokenizer` is empty (an offline hub-id load can be) or lacks bos/eos tokens in its vocabulary."""
     size = len(tokenizer)
     if size < MIN_VOCAB:
         raise ValueError(

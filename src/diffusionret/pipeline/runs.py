@@ -113,7 +113,7 @@ def make_optimizer(settings, model: torch.nn.Module, clip_module: torch.nn.Modul
     """Optimiser + LR scheduler of a training stage.
 
     `adamw`: groups by module type (norms, embeddings and biases without decay), linear warm-up then cosine.
-    `bertadam`: the official recipe (reference §6.2): name-based groups, BertAdam (no bias correction,
+    `bertadam`: the official recipe (official optimization.py): name-based groups, BertAdam (no bias correction,
     per-tensor clipping) and warm-up/cosine on the global progress.
     """
     if settings.optimizer == "bertadam":

@@ -1,6 +1,6 @@
 """`train_gen` stage (stage 2, "generation"): train the two denoisers on cached frozen features.
 
-The extractor is frozen (reference §6.1, issue #7 of the official repository), so the stage reads
+The extractor is frozen (as in the official code; issue #7 of the official repository), so the stage reads
 data/features/<benchmark>/<benchmark>/ instead of running CLIP. Writes models/<benchmark>/gen/ and
 plots/<benchmark>/gen_loss.csv; its MLflow run is a child of the stage-1 run.
 """

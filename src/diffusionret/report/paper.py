@@ -1,6 +1,7 @@
-"""The seed paper's numbers, ONLY as given in the reference (diffusionret-reference.md §12.1, §12.2).
+"""The seed paper's numbers as copied by later papers (DREAM 2024 Tables 1-3, DITS NeurIPS 2024 Tables 1-2) and
+by the paperswithcode listing of the paper's results.
 
-None = not given there (not retrievable, or cut off in the copy); the report prints it as n/a. Keys are
+None = not given in those copies (not retrievable, or cut off); the report prints it as n/a. Keys are
 benchmark `source` names of params.yaml, metric names as in metrics.json (`t2v/R1`, ...).
 """
 
@@ -16,7 +17,8 @@ def _row(t2v: tuple, v2t: tuple | None = None) -> dict[str, float | None]:
             **{f"v2t/{name}": value for name, value in zip(COLUMNS, v2t)}}
 
 
-# §12.1: in-domain, ViT-B/32, without QB-Norm (as copied by later papers; source of each copy in the reference)
+# in-domain, ViT-B/32, without QB-Norm (MSRVTT: DREAM Table 1; LSMDC: DITS Table 1; MSVD: DREAM Table 2;
+# ActivityNet: DREAM Table 3 for t2v, paperswithcode for v2t; DiDeMo: DITS Table 2)
 PAPER = {
     "msrvtt": _row((49.0, 75.2, 82.7, 2.0, 12.1), (47.7, 73.8, 84.5, 2.0, 8.8)),  # MSRVTT-1kA
     "lsmdc": _row((24.4, 43.1, 54.3, 8.0, 40.7)),
@@ -25,7 +27,7 @@ PAPER = {
     "didemo": _row((46.7, 74.7, 82.7, 2.0, 14.3)),
 }
 
-# §12.2: with QB-Norm; only ActivityNet is given (others NOT VERIFIED in the reference)
+# with QB-Norm (paperswithcode "Results from the paper"); only ActivityNet could be verified
 PAPER_QBNORM = {
     "activitynet": _row((48.1, None, 85.7, 2.0, 6.8), (47.4, 76.3, 86.7, 2.0, None)),  # v2t MnR cut off
 }

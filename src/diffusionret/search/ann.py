@@ -1,6 +1,6 @@
 """Optional approximate pre-filter for large indexes, through faiss (`pip install faiss-cpu`).
 
-The WTI head (reference §2.4) is not an inner product of two fixed vectors, so it cannot be put in a vector
+The WTI head (weighted max-sims) is not an inner product of two fixed vectors, so it cannot be put in a vector
 index. The pre-filter ranks videos by a proxy that is one: the cosine of the query's sentence feature and the
 video's mask-weighted mean frame feature (the `meanP` head's score), searched with an HNSW graph. WTI then
 re-scores only the `candidates` it returns. The proxy can miss videos that WTI would rank high: its recall@10

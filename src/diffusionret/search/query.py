@@ -1,6 +1,6 @@
 """Rank the videos of an index for text queries (`diffusionret search`, the server's /api/search).
 
-Per query (reference §7):
+Per query (as the official evaluation):
 1. stage 1: the extractor's similarity head (WTI) between the query's token features and every video's frame
    features. Exact search runs the head over all videos, `VIDEO_BLOCK` at a time. With `approximate=True` a faiss
    pre-filter (ann.py) picks `candidates` videos first and the head scores only those.

@@ -1,11 +1,12 @@
-"""Optimiser pieces (reference §6.2, §6.3): parameter groups, BertAdam, AdamW, LR schedules, EMA.
+"""Optimiser pieces (official optimization.py, main_retrieval.py): param groups, BertAdam, AdamW, LR schedules, EMA.
 
 Two flavours where the official code has a defect:
 - `build_param_groups` exempts from weight decay by MODULE TYPE (norm layers, embeddings, biases,
   scalars); `faithful_bertadam_param_groups` reproduces the official NAME test, which misses CLIP's
-  `ln_*` norms (reference §14.14).
+  `ln_*` norms, so their weights are decayed.
 - `warmup_cosine_lambda` warms up linearly then decays with a cosine over the REMAINING steps;
-  `faithful_warmup_cosine_lambda` reproduces the official cosine of the GLOBAL progress (reference §6.2).
+  `faithful_warmup_cosine_lambda` reproduces the official cosine of the GLOBAL progress
+  (a small jump at the end of warm-up).
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def faithful_bertadam_param_groups(
 
 
 class BertAdam(torch.optim.Optimizer):
-    """Adam as in pytorch-pretrained-BERT (reference §6.2): no bias correction, decoupled decay, per-tensor clip.
+    """Adam as in pytorch-pretrained-BERT (official optimization.py): no bias correction,
+    decoupled decay, per-tensor clip.
 
     Per parameter tensor p with gradient g (clipped to L2 norm `max_grad_norm` first, skipped if <= 0):
         m <- beta1 m + (1 - beta1) g ;  v <- beta2 v + (1 - beta2) g^2
@@ -210,7 +212,7 @@ def faithful_warmup_cosine_lambda(total_steps: int, warmup_proportion: float = 0
 
 
 class ModelEMA:
-    """Exponential moving average of a model's parameters (reference §6.3), kept in eval mode.
+    """Exponential moving average of a model's parameters (official `--moment`), kept in eval mode.
 
     Starts as an exact copy (synced); `update(model)` sets ema <- decay * ema + (1 - decay) * param for
     every parameter, frozen ones included, and copies buffers. `state_dict()` is the averaged model's

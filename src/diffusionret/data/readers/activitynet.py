@@ -1,4 +1,4 @@
-"""ActivityNet Captions annotations (reference §10.2) -> `SplitAnnotations`, one paragraph per video.
+"""ActivityNet Captions annotations (official loader's layout) -> `SplitAnnotations`, one paragraph per video.
 
 Files under `root` (from captions.zip of the ActivityNet Captions project page):
 - `train.json`, `val_1.json`, `val_2.json`: a JSON dict video id -> {"duration": seconds, "timestamps":

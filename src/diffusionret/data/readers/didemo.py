@@ -1,4 +1,4 @@
-"""DiDeMo annotations (reference §10.2, LocalizingMoments format) -> `SplitAnnotations`, one paragraph per video.
+"""DiDeMo annotations (LocalizingMoments format, as the official loader) -> `SplitAnnotations`, one paragraph per video.
 
 Files under `root` (LisaAnne/LocalizingMoments `data/`):
 - `train_data.json`, `val_data.json`, `test_data.json`: a JSON list of moments {annotation_id, description,

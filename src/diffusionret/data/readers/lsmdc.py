@@ -1,4 +1,5 @@
-"""LSMDC annotations (reference §10.2) -> `SplitAnnotations`. The files need MPII's permission (not redistributable).
+"""LSMDC annotations (official loader's layout) -> `SplitAnnotations`.
+The files need MPII's permission (not redistributable).
 
 Files under `root` (tab-separated, no header, one caption per line, 6 fields:
 clip_id, start_aligned, end_aligned, start_extracted, end_extracted, sentence):

@@ -1,4 +1,4 @@
-"""MSRVTT annotations (reference §10.2) -> `SplitAnnotations`. The synthetic benchmarks use the same layout.
+"""MSRVTT annotations (official loader's layout) -> `SplitAnnotations`. The synthetic benchmarks use the same layout.
 
 Files under `root`:
 - `MSRVTT_train.9k.csv` (column `video_id`): the training videos.

@@ -1,4 +1,4 @@
-"""MSVD annotations (reference §10.2) -> `SplitAnnotations`, every caption one sample (multi-caption test).
+"""MSVD annotations (official loader's layout) -> `SplitAnnotations`, every caption one sample (multi-caption test).
 
 Files under `root`:
 - `train_list.txt`, `val_list.txt`, `test_list.txt`: one video id per line (e.g. `-4wsuPCjDBc_5_15`); the
