@@ -1,4 +1,4 @@
-"""Retrieval ranks and R@K / MdR / MnR from score matrices (CLIP4Clip's metrics.py conventions).
+"""Retrieval ranks and R@K / MdR / MnR from score matrices (official utils/metrics.py, from CLIP4Clip).
 
 Rank: 0-based position of the ground truth in its row sorted by descending score, computed in row
 chunks (a 30k x 1k matrix never needs more than a chunk-sized temporary). `chunk_size` counts rows of

@@ -1,6 +1,6 @@
 """Out-of-distribution query detection and selective retrieval (numpy + scikit-learn, pure functions).
 
-DiffusionRet's motivation (paper, introduction): a discriminative model scores p(candidates | query) and ignores
+DiffusionRet's motivation (the paper): a discriminative model scores p(candidates | query) and ignores
 p(query), so it "cannot identify out-of-distribution data". This module measures whether a per-query score
 tells in-distribution (ID) queries from out-of-distribution (OOD) ones, all run against the SAME gallery
 (the trained benchmark's test set).
