@@ -6,7 +6,7 @@ instructions put them). For each file the registry gives its public URL, expecte
 how it unpacks, and how to obtain it by hand. A `None` URL means there is no public download (a licence or a
 form); a `None` digest means it is not known with certainty, and the lock file records the digest of the first
 download instead. `verified=True` marks a digest checked against a byte-exact copy of the file
-(shared/real-annotations/SOURCES.md); such URLs are the raw.githubusercontent.com form of the recorded
+taken from that public repository at that commit; such URLs are the raw.githubusercontent.com form of the recorded
 repository, commit and path. Every other URL is taken from the READMEs of CLIP4Clip, Frozen-in-Time and
 ActivityNet Captions and is marked unverified: it was not fetched from this project's machines.
 """
@@ -73,7 +73,7 @@ def _github_raw(repo: str, commit: str, path: str) -> str:
 _DIFFUSIONRET = ("jpthu17/DiffusionRet", "0316c974de05219bd1aa2bc1ec41479565a4428e")
 _XPOOL = ("layer6ai-labs/xpool", "bc88718199007d395136adc99a3e69adbee874a0")
 _LOCALIZING_MOMENTS = ("LisaAnne/LocalizingMoments", "b6a555c8134581305d0ed4716fbc192860e0b88c")
-_VERIFIED = "sha256 and size checked against a byte-exact copy (shared/real-annotations/SOURCES.md)"
+_VERIFIED = "sha256 and size checked against a byte-exact copy of the file at the recorded repository and commit"
 
 MSRVTT_DATA_ZIP = Download(
     url="https://github.com/ArrowLuo/CLIP4Clip/releases/download/v0.0/msrvtt_data.zip", file="msrvtt_data.zip",
