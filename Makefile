@@ -54,15 +54,14 @@ seeds: $(STAMP)
 # Every similarity head (model.head's choices; HEADS overrides) trained and evaluated with and without re-ranking, one
 # DVC experiment `<head>-seed-<s>` each, then reports/heads.md + reports/heads.json. Resumable, also after a new
 # commit: a head already collected in reports/heads/ is not trained again. SEEDS given on the command line runs each
-# head with those seeds (default: the params' own seed); ARGS passes more -S overrides. HEAD_STEPS: half the
-# default's steps in both stages, so that five heads fit 45 minutes on 2 cores (README, "Other systems");
-# HEAD_STEPS= trains each head as long as `make repro`.
+# head with those seeds (default: the params' own seed); ARGS passes more -S overrides (e.g. fewer steps:
+# ARGS="-S train.steps=450 -S train_gen.steps=250"). Each head trains as long as `make repro` (900 + 500 steps):
+# five heads in 24 minutes on one core (README, "Other systems").
 HEADS ?=
-HEAD_STEPS ?= -S train.steps=450 -S train_gen.steps=250
 .PHONY: heads
 heads: $(STAMP)
 	git rev-parse --is-inside-work-tree >/dev/null 2>&1 || (git init -q && git add -A && git -c user.name=diffusionret -c user.email=diffusionret@localhost commit -qm "snapshot")
-	$(VENV)/bin/diffusionret heads $(if $(strip $(HEADS)),--heads $(HEADS)) $(if $(filter command line environment,$(origin SEEDS)),--seeds $(SEEDS)) $(HEAD_STEPS) $(ARGS)
+	$(VENV)/bin/diffusionret heads $(if $(strip $(HEADS)),--heads $(HEADS)) $(if $(filter command line environment,$(origin SEEDS)),--seeds $(SEEDS)) $(ARGS)
 
 # Prints the run table's address first (MLflow 3's home page opens on GenAI traces, not on training runs).
 mlflow-ui: $(STAMP)
