@@ -68,21 +68,27 @@ class WTIHead(nn.Module):
         video_weights = _masked_weights(self.video_weight_fc, video_frames, video_mask)  # (Bv, T)
         text_unit = F.normalize(text_tokens, dim=-1) * text_mask.unsqueeze(-1)  # (Bt, L, D), padded tokens 0
         video_unit = F.normalize(video_frames, dim=-1) * video_mask.unsqueeze(-1)  # (Bv, T, D), padded frames 0
+        return weighted_interaction(text_unit, text_weights, video_unit, video_weights, self.chunk_size)
 
-        rows = []
-        step = self.chunk_size
-        for text_start in range(0, text_tokens.shape[0], step):
-            text_slice = slice(text_start, text_start + step)
-            row = []
-            for video_start in range(0, video_frames.shape[0], step):
-                video_slice = slice(video_start, video_start + step)
-                # S[a, b, l, f] = <h_al, f_bf> mt[a, l] mv[b, f]: (bt, bv, L, T); masked entries are 0, not -inf
-                interaction = torch.einsum("ald,bfd->ablf", text_unit[text_slice], video_unit[video_slice])
-                t2v = (interaction.max(dim=3).values * text_weights[text_slice, None, :]).sum(dim=2)  # (bt, bv)
-                v2t = (interaction.max(dim=2).values * video_weights[None, video_slice, :]).sum(dim=2)  # (bt, bv)
-                row.append((t2v + v2t) / 2.0)
-            rows.append(torch.cat(row, dim=1))
-        return torch.cat(rows, dim=0)  # (Bt, Bv)
+
+def weighted_interaction(text_unit: torch.Tensor, text_weights: torch.Tensor, video_unit: torch.Tensor,
+                         video_weights: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """WTI of unit token features (Bt, L, D) and unit frame features (Bv, T, D) with their weights (Bt, L) and
+    (Bv, T): mean of the weighted token->frame and frame->token max-sims, (Bt, Bv), in chunk_size x chunk_size
+    blocks. Padded tokens/frames must be zero vectors (their max-sims are then 0, not -inf)."""
+    rows = []
+    for text_start in range(0, text_unit.shape[0], chunk_size):
+        text_slice = slice(text_start, text_start + chunk_size)
+        row = []
+        for video_start in range(0, video_unit.shape[0], chunk_size):
+            video_slice = slice(video_start, video_start + chunk_size)
+            # S[a, b, l, f] = <h_al, f_bf>: (bt, bv, L, T)
+            interaction = torch.einsum("ald,bfd->ablf", text_unit[text_slice], video_unit[video_slice])
+            t2v = (interaction.max(dim=3).values * text_weights[text_slice, None, :]).sum(dim=2)  # (bt, bv)
+            v2t = (interaction.max(dim=2).values * video_weights[None, video_slice, :]).sum(dim=2)  # (bt, bv)
+            row.append((t2v + v2t) / 2.0)
+        rows.append(torch.cat(row, dim=1))
+    return torch.cat(rows, dim=0)  # (Bt, Bv)
 
 
 class MeanPoolHead(nn.Module):
@@ -303,17 +309,8 @@ def merged_wti(text: torch.Tensor, text_fc: nn.Module, video: torch.Tensor, vide
     softmaxes of the level's own weight MLPs over every merged token."""
     text_weights = torch.softmax(text_fc(text).squeeze(-1), dim=-1)  # (Bt, Nt)
     video_weights = torch.softmax(video_fc(video).squeeze(-1), dim=-1)  # (Bv, Nv)
-    text_unit, video_unit = F.normalize(text, dim=-1), F.normalize(video, dim=-1)
-    rows = []
-    for t in range(0, text.shape[0], chunk_size):
-        row = []
-        for v in range(0, video.shape[0], chunk_size):
-            interaction = torch.einsum("ald,bfd->ablf", text_unit[t:t + chunk_size], video_unit[v:v + chunk_size])
-            t2v = (interaction.max(dim=3).values * text_weights[t:t + chunk_size, None, :]).sum(dim=2)  # (bt, bv)
-            v2t = (interaction.max(dim=2).values * video_weights[None, v:v + chunk_size, :]).sum(dim=2)
-            row.append((t2v + v2t) / 2.0)
-        rows.append(torch.cat(row, dim=1))
-    return torch.cat(rows)  # (Bt, Bv)
+    return weighted_interaction(F.normalize(text, dim=-1), text_weights, F.normalize(video, dim=-1), video_weights,
+                                chunk_size)  # (Bt, Bv)
 
 
 class HBIHead(nn.Module):
