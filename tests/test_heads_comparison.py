@@ -5,18 +5,14 @@ saved per-query ranks; a second invocation trains nothing. Each run also checks 
 sibling head: EMCL's bases (a persistent buffer) are trained and saved, the loss curve has the head's columns."""
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from safetensors.torch import load_file
 
-from test_pipeline_e2e import copy_repository, run
+from test_pipeline_e2e import run, tiny_repository
 
 pytestmark = pytest.mark.slow
 HEADS = ("wti", "emcl")  # emcl last: the workspace holds its outputs after the study
@@ -49,19 +45,8 @@ def heads_command(work: Path, env: dict) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     work = tmp_path_factory.mktemp("heads")
-    copy_repository(work)
-    for leftover in ("reports", "eval", "plots"):  # a checkout's own (untracked) results are not this study's
-        shutil.rmtree(work / leftover, ignore_errors=True)
-    params_path = work / "params.yaml"
-    params_path.write_text(yaml.safe_dump(tiny(yaml.safe_load(params_path.read_text())), sort_keys=False))
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    env.pop("MLFLOW_TRACKING_URI", None)  # the command points MLflow at the repository's mlruns.db itself
-    env.update(HF_HUB_OFFLINE="1", DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", OMP_NUM_THREADS="1")
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
-    run(["git", "init", "-q"], work, env)
-    run(["git", "add", "-A"], work, env)
-    run(git + ["commit", "-qm", "snapshot"], work, env)
+    # the command points MLflow at the repository's mlruns.db itself
+    env, git = tiny_repository(work, tiny, MLFLOW_TRACKING_URI=None, OMP_NUM_THREADS="1")
     first = heads_command(work, env)
     return work, env, git, first
 

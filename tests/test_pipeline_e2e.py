@@ -35,10 +35,15 @@ def shrink(params: dict) -> dict:
     return params
 
 
+LOCAL_RESULTS = ("reports", "eval", "plots")  # a checkout's own (untracked) results are not a test's
+
+
 def copy_repository(destination: Path) -> None:
     tracked = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
                              text=True, check=True).stdout.split()
     for name in tracked:
+        if name.split("/", 1)[0] in LOCAL_RESULTS:
+            continue
         if (REPO / name).is_file():
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, destination / name)
@@ -50,20 +55,32 @@ def run(command: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess
     return result
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    work = tmp_path_factory.mktemp("repo")
+def tiny_repository(work: Path, shrink_params, **env_updates: str | None) -> tuple[dict, list[str]]:
+    """A copy of the repository in `work` with params.yaml rewritten by `shrink_params`, committed to a fresh git
+    repository. Returns the environment for its commands (this interpreter's tools, offline; `env_updates` on top,
+    None removes a variable) and the git command with a test identity."""
     copy_repository(work)
     params_path = work / "params.yaml"
-    params_path.write_text(yaml.safe_dump(shrink(yaml.safe_load(params_path.read_text())), sort_keys=False))
+    params_path.write_text(yaml.safe_dump(shrink_params(yaml.safe_load(params_path.read_text())), sort_keys=False))
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlruns.db'}"
     env.update(HF_HUB_OFFLINE="1", DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true")
+    for name, value in env_updates.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
     run(["git", "init", "-q"], work, env)
     run(["git", "add", "-A"], work, env)
     run(git + ["commit", "-qm", "snapshot"], work, env)
+    return env, git
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    work = tmp_path_factory.mktemp("repo")
+    env, _ = tiny_repository(work, shrink, MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlruns.db'}")
     run(["dvc", "repro"], work, env)
     return work, env
 

@@ -2,19 +2,15 @@
 repository; the table is checked against a recomputation from the saved per-query ranks with plain loops."""
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from diffusionret.evaluation.metrics import recall_metrics
 from diffusionret.evaluation.uncertainty import resample_indices
 
-from test_pipeline_e2e import copy_repository, run
+from test_pipeline_e2e import tiny_repository
 from test_uncertainty import cluster_resamples
 
 pytestmark = pytest.mark.slow
@@ -37,17 +33,8 @@ def tiny(params: dict) -> dict:
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     work = tmp_path_factory.mktemp("seeds")
-    copy_repository(work)
-    params_path = work / "params.yaml"
-    params_path.write_text(yaml.safe_dump(tiny(yaml.safe_load(params_path.read_text())), sort_keys=False))
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    env.pop("MLFLOW_TRACKING_URI", None)  # the command points MLflow at the repository's mlruns.db itself
-    env.update(HF_HUB_OFFLINE="1", DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true")
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
-    run(["git", "init", "-q"], work, env)
-    run(["git", "add", "-A"], work, env)
-    run(git + ["commit", "-qm", "snapshot"], work, env)
+    # the command points MLflow at the repository's mlruns.db itself
+    env, _ = tiny_repository(work, tiny, MLFLOW_TRACKING_URI=None)
     result = subprocess.run(["diffusionret", "seeds", "--seeds", *map(str, SEEDS)], cwd=work, env=env,
                             capture_output=True, text=True, timeout=3600)  # two whole pipelines: minutes each
     assert result.returncode == 0, f"diffusionret seeds failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
